@@ -1,0 +1,415 @@
+// Package config loads and validates sidecache's YAML configuration. Load fills every default
+// in one place (applyDefaults) and reports the first problem as one line naming the file, the
+// entity and the field.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"gopkg.in/yaml.v3"
+)
+
+// ErrInvalid marks every configuration error; errors.Is(err, ErrInvalid) tells them apart from I/O.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Config is the whole file. Every field documents its default.
+type Config struct {
+	// Listen is the HTTP address. Default "127.0.0.1:8080".
+	Listen string `yaml:"listen"`
+	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM. Default 10s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// Log configures the structured log on stderr.
+	Log Log `yaml:"log"`
+	// Limits bounds what one request may ask for.
+	Limits Limits `yaml:"limits"`
+
+	MySQL    MySQL    `yaml:"mysql"`
+	Redis    Redis    `yaml:"redis"`
+	Kafka    Kafka    `yaml:"kafka"`
+	CDC      CDC      `yaml:"cdc"`
+	Entities []Entity `yaml:"entities"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error. Default "info".
+	Level string `yaml:"level"`
+	// Format is json or text. Default "json".
+	Format string `yaml:"format"`
+}
+
+// Limits bounds request sizes.
+type Limits struct {
+	// MaxIDs is the most ids one multi-get may ask for. Default 100, at most 1000.
+	MaxIDs int `yaml:"max_ids"`
+	// MaxIDLength is the longest id accepted, in bytes, for string keys (integer keys are bounded
+	// by their type). Default 255.
+	MaxIDLength int `yaml:"max_id_length"`
+	// RequestTimeout bounds one HTTP request end to end. Default 5s.
+	RequestTimeout Duration `yaml:"request_timeout"`
+}
+
+// MySQL is the database the rows come from.
+type MySQL struct {
+	// DSN is a go-sql-driver/mysql DSN that names a database. Required.
+	DSN string `yaml:"dsn"`
+	// QueryTimeout bounds each query. Default 2s.
+	QueryTimeout Duration `yaml:"query_timeout"`
+	// MaxOpenConns caps connections to MySQL. Default 16.
+	MaxOpenConns int `yaml:"max_open_conns"`
+}
+
+// Redis is the cache.
+type Redis struct {
+	// Addrs are host:port pairs; more than one means Redis Cluster. Default ["127.0.0.1:6379"].
+	Addrs []string `yaml:"addrs"`
+	// Username and Password authenticate (Redis ACL / requirepass). Default none.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// KeyPrefix starts every key sidecache writes. Default "sc:". May not contain '{' or '}'.
+	KeyPrefix string `yaml:"key_prefix"`
+	// Timeout bounds each dial, read and write. Default 500ms.
+	Timeout Duration `yaml:"timeout"`
+	// PoolSize is the connection pool size per node. Default 10 per CPU (go-redis's default).
+	PoolSize int `yaml:"pool_size"`
+}
+
+// Kafka configures the retry path for failed deletes.
+type Kafka struct {
+	// Brokers of the Kafka cluster. Default none: failed deletes are retried in process.
+	Brokers []string `yaml:"brokers"`
+}
+
+// CDC configures the binlog tail.
+type CDC struct {
+	// Enabled turns the binlog tail on. Default false.
+	Enabled bool `yaml:"enabled"`
+	// Flavor is "mysql" or "mariadb". Default "mysql".
+	Flavor string `yaml:"flavor"`
+	// ServerID is the replica server id the tail uses; unique among the server's replicas.
+	// Default 1001.
+	ServerID uint32 `yaml:"server_id"`
+	// DoubleDeleteDelay is how long after the first delete the second runs. Default 500ms.
+	DoubleDeleteDelay Duration `yaml:"double_delete_delay"`
+}
+
+// Entity maps a URL name to a table.
+type Entity struct {
+	// Name is the URL name: lower-case letters, digits, '_' and '-'. Required, unique.
+	Name string `yaml:"name"`
+	// Table is the table in the DSN's database. Default: Name.
+	Table string `yaml:"table"`
+	// Key is the single-column primary key. Default: the table's primary key.
+	Key string `yaml:"key"`
+	// Columns are the columns returned. Default: all columns, in table order.
+	Columns []string `yaml:"columns"`
+	// TTL of a cached row. Default 10m.
+	TTL Duration `yaml:"ttl"`
+	// TTLJitter spreads TTLs by ±this fraction, in [0, 1). Default 0.1.
+	TTLJitter *float64 `yaml:"ttl_jitter"`
+	// NullTTL of a cached "no such row" marker. Default 1m.
+	NullTTL Duration `yaml:"null_ttl"`
+	// Hot entities use logical expiry instead of hard expiry. Default false.
+	Hot bool `yaml:"hot"`
+	// Bloom configures the penetration guard.
+	Bloom Bloom `yaml:"bloom"`
+}
+
+// Bloom sizes an entity's Bloom filter.
+type Bloom struct {
+	// Enabled turns the filter on. Default false.
+	Enabled bool `yaml:"enabled"`
+	// ExpectedItems sizes the filter. Default 1000000.
+	ExpectedItems uint `yaml:"expected_items"`
+	// FPRate is the target false-positive rate, in (0, 1). Default 0.01.
+	FPRate float64 `yaml:"fp_rate"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("500ms", "10m").
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration string like \"500ms\" or \"10m\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: bad duration %q: want a Go duration like \"500ms\" or \"10m\"", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Load reads, expands, decodes, defaults and validates the file at path. Errors start with path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes, defaults and validates a configuration document.
+func Parse(b []byte) (*Config, error) {
+	b, err := expandEnv(b)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: the file is empty", ErrInvalid)
+		}
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, yamlMessage(err))
+	}
+	c.applyDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+var unknownField = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
+
+// yamlMessage turns yaml.v3's multi-line errors into one line in the config's own words.
+func yamlMessage(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = strings.TrimPrefix(msg, "unmarshal errors:\n")
+	msg = unknownField.ReplaceAllString(msg, "unknown field \"$1\"")
+	lines := strings.Split(msg, "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, "; ")
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// expandEnv replaces ${NAME} with the environment variable NAME, so secrets can come from a
+// Kubernetes Secret. An unset variable is an error rather than a silent empty string.
+func expandEnv(b []byte) ([]byte, error) {
+	var missing []string
+	out := envRef.ReplaceAllFunc(b, func(m []byte) []byte {
+		name := string(envRef.FindSubmatch(m)[1])
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			missing = append(missing, name)
+		}
+		return []byte(v)
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: environment variable %s is referenced but not set", ErrInvalid, strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+// Defaults for every optional field, in one place.
+const (
+	DefaultListen          = "127.0.0.1:8080"
+	DefaultShutdownTimeout = 10 * time.Second
+	DefaultMaxIDs          = 100
+	MaxMaxIDs              = 1000
+	DefaultMaxIDLength     = 255
+	DefaultRequestTimeout  = 5 * time.Second
+	DefaultQueryTimeout    = 2 * time.Second
+	DefaultMaxOpenConns    = 16
+	DefaultRedisAddr       = "127.0.0.1:6379"
+	DefaultKeyPrefix       = "sc:"
+	DefaultRedisTimeout    = 500 * time.Millisecond
+	DefaultFlavor          = "mysql"
+	DefaultServerID        = 1001
+	DefaultDoubleDelete    = 500 * time.Millisecond
+	DefaultTTL             = 10 * time.Minute
+	DefaultTTLJitter       = 0.1
+	DefaultNullTTL         = time.Minute
+	DefaultExpectedItems   = 1_000_000
+	DefaultFPRate          = 0.01
+)
+
+func (c *Config) applyDefaults() {
+	setDefault(&c.Listen, DefaultListen)
+	setDefault(&c.ShutdownTimeout, Duration(DefaultShutdownTimeout))
+	setDefault(&c.Log.Level, "info")
+	setDefault(&c.Log.Format, "json")
+	setDefault(&c.Limits.MaxIDs, DefaultMaxIDs)
+	setDefault(&c.Limits.MaxIDLength, DefaultMaxIDLength)
+	setDefault(&c.Limits.RequestTimeout, Duration(DefaultRequestTimeout))
+	setDefault(&c.MySQL.QueryTimeout, Duration(DefaultQueryTimeout))
+	setDefault(&c.MySQL.MaxOpenConns, DefaultMaxOpenConns)
+	if len(c.Redis.Addrs) == 0 {
+		c.Redis.Addrs = []string{DefaultRedisAddr}
+	}
+	setDefault(&c.Redis.KeyPrefix, DefaultKeyPrefix)
+	setDefault(&c.Redis.Timeout, Duration(DefaultRedisTimeout))
+	setDefault(&c.CDC.Flavor, DefaultFlavor)
+	setDefault(&c.CDC.ServerID, DefaultServerID)
+	setDefault(&c.CDC.DoubleDeleteDelay, Duration(DefaultDoubleDelete))
+	for i := range c.Entities {
+		e := &c.Entities[i]
+		setDefault(&e.Table, e.Name)
+		setDefault(&e.TTL, Duration(DefaultTTL))
+		setDefault(&e.NullTTL, Duration(DefaultNullTTL))
+		if e.TTLJitter == nil {
+			j := DefaultTTLJitter
+			e.TTLJitter = &j
+		}
+		setDefault(&e.Bloom.ExpectedItems, DefaultExpectedItems)
+		setDefault(&e.Bloom.FPRate, DefaultFPRate)
+	}
+}
+
+func setDefault[T comparable](field *T, def T) {
+	var zero T
+	if *field == zero {
+		*field = def
+	}
+}
+
+var (
+	entityName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+	identifier = regexp.MustCompile(`^[A-Za-z0-9_$]{1,64}$`)
+)
+
+func (c *Config) validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, args...))
+	}
+	if c.ShutdownTimeout <= 0 {
+		return bad("shutdown_timeout", "must be positive")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		return bad("log.format", "%q is not one of json, text", c.Log.Format)
+	}
+	if c.Limits.MaxIDs < 1 || c.Limits.MaxIDs > MaxMaxIDs {
+		return bad("limits.max_ids", "%d is outside [1, %d]", c.Limits.MaxIDs, MaxMaxIDs)
+	}
+	if c.Limits.MaxIDLength < 1 || c.Limits.MaxIDLength > 4096 {
+		return bad("limits.max_id_length", "%d is outside [1, 4096]", c.Limits.MaxIDLength)
+	}
+	if c.Limits.RequestTimeout <= 0 {
+		return bad("limits.request_timeout", "must be positive")
+	}
+	if c.MySQL.DSN == "" {
+		return bad("mysql.dsn", "is required")
+	}
+	dsn, err := mysql.ParseDSN(c.MySQL.DSN)
+	if err != nil {
+		return bad("mysql.dsn", "%v", err)
+	}
+	if dsn.DBName == "" {
+		return bad("mysql.dsn", "names no database (want user:pass@tcp(host:3306)/dbname)")
+	}
+	if c.MySQL.QueryTimeout <= 0 {
+		return bad("mysql.query_timeout", "must be positive")
+	}
+	if c.MySQL.MaxOpenConns < 1 {
+		return bad("mysql.max_open_conns", "must be at least 1")
+	}
+	for i, a := range c.Redis.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return bad(fmt.Sprintf("redis.addrs[%d]", i), "%q: %v", a, err)
+		}
+	}
+	if strings.ContainsAny(c.Redis.KeyPrefix, "{} \t\r\n") {
+		return bad("redis.key_prefix", "%q may not contain braces or white space (braces are hash tags in Redis Cluster)", c.Redis.KeyPrefix)
+	}
+	if c.Redis.Timeout <= 0 {
+		return bad("redis.timeout", "must be positive")
+	}
+	if c.Redis.PoolSize < 0 {
+		return bad("redis.pool_size", "must not be negative")
+	}
+	switch c.CDC.Flavor {
+	case "mysql", "mariadb":
+	default:
+		return bad("cdc.flavor", "%q is not one of mysql, mariadb", c.CDC.Flavor)
+	}
+	if c.CDC.DoubleDeleteDelay < 0 {
+		return bad("cdc.double_delete_delay", "must not be negative")
+	}
+	if len(c.Entities) == 0 {
+		return bad("entities", "at least one entity is required")
+	}
+	seen := make(map[string]int)
+	for i, e := range c.Entities {
+		field := func(f string) string {
+			if e.Name == "" {
+				return fmt.Sprintf("entities[%d].%s", i, f)
+			}
+			return fmt.Sprintf("entity %q: %s", e.Name, f)
+		}
+		if !entityName.MatchString(e.Name) {
+			return bad(field("name"), "%q: want lower-case letters, digits, '_' or '-', at most 64", e.Name)
+		}
+		if j, dup := seen[e.Name]; dup {
+			return bad(field("name"), "duplicate: entities[%d] and entities[%d] are both %q", j, i, e.Name)
+		}
+		seen[e.Name] = i
+		if !identifier.MatchString(e.Table) {
+			return bad(field("table"), "%q is not a plain MySQL identifier ([A-Za-z0-9_$], at most 64)", e.Table)
+		}
+		if e.Key != "" && !identifier.MatchString(e.Key) {
+			return bad(field("key"), "%q is not a plain MySQL identifier ([A-Za-z0-9_$], at most 64)", e.Key)
+		}
+		cols := make(map[string]bool)
+		for j, col := range e.Columns {
+			if !identifier.MatchString(col) {
+				return bad(field(fmt.Sprintf("columns[%d]", j)), "%q is not a plain MySQL identifier", col)
+			}
+			if cols[strings.ToLower(col)] {
+				return bad(field(fmt.Sprintf("columns[%d]", j)), "%q is listed twice", col)
+			}
+			cols[strings.ToLower(col)] = true
+		}
+		if e.TTL <= 0 {
+			return bad(field("ttl"), "must be positive")
+		}
+		if e.NullTTL <= 0 {
+			return bad(field("null_ttl"), "must be positive")
+		}
+		if j := *e.TTLJitter; !(j >= 0 && j < 1) {
+			return bad(field("ttl_jitter"), "%v is outside [0, 1)", j)
+		}
+		if e.Bloom.FPRate <= 0 || e.Bloom.FPRate >= 1 {
+			return bad(field("bloom.fp_rate"), "%v is outside (0, 1)", e.Bloom.FPRate)
+		}
+	}
+	return nil
+}
+
+// Entity returns the entity named name, or nil.
+func (c *Config) Entity(name string) *Entity {
+	for i := range c.Entities {
+		if c.Entities[i].Name == name {
+			return &c.Entities[i]
+		}
+	}
+	return nil
+}

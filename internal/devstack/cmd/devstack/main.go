@@ -1,0 +1,113 @@
+// Command devstack is what `make run` runs: it starts a throwaway MariaDB and Redis, loads the
+// sample data, writes a config for it, prints requests to paste, and runs `sidecache serve` on
+// it until interrupted. Then it stops everything and removes the data.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sidecache/sidecache/internal/devstack"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	bin := flag.String("bin", "bin/sidecache", "the sidecache binary to run")
+	listen := flag.String("listen", "127.0.0.1:8080", "address sidecache serves on")
+	items := flag.Int("items", 3000, "rows in the items table")
+	users := flag.Int("users", 2000, "rows in the users table")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "devstack: "+format+"\n", args...) }
+	logf("starting MariaDB and Redis ...")
+	stack, err := devstack.Start(ctx, devstack.Options{Logf: logf})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		logf("stopping MariaDB and Redis")
+		stack.Stop()
+	}()
+
+	dsn, err := stack.CreateDatabase(ctx, "app")
+	if err != nil {
+		return err
+	}
+	root, err := stack.Root("app")
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	err = devstack.SeedSample(ctx, root, *items, *users)
+	root.Close()
+	if err != nil {
+		return err
+	}
+	logf("loaded %d items, %d users and the countries in %v", *items, *users, time.Since(start).Round(time.Millisecond))
+
+	cfgPath := filepath.Join(stack.Dir, "sidecache.yaml")
+	cfg := fmt.Sprintf("listen: %q\nlog:\n  format: text\nmysql:\n  dsn: %q\nredis:\n  addrs: [%q]\n  key_prefix: \"sc:\"\n%s",
+		*listen, dsn, stack.RedisAddr, devstack.SampleEntities)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+
+	base := "http://" + *listen
+	fmt.Printf(`
+sidecache is starting on %[1]s with MariaDB at %[2]s and Redis at %[3]s.
+Config: %[4]s
+
+Paste these in another terminal:
+
+  curl -i %[1]s/v1/items/42                  # miss: loaded from MariaDB (X-Cache: miss)
+  curl -i %[1]s/v1/items/42                  # hit: from Redis (X-Cache: hit)
+  curl -i %[1]s/v1/items/999999              # 404, null marker cached (X-Cache: miss, then negative)
+  curl -i '%[1]s/v1/items?id=1&id=2&id=999999'   # multi-get
+  curl -i %[1]s/v1/users/7                   # a subset of columns (no email)
+  curl -i %[1]s/v1/countries/JP              # a CHAR(2) key
+  curl -i %[1]s/v1/items/abc                 # 400 invalid_id
+  curl -i %[1]s/v1/nope/1                    # 404 unknown_entity
+  curl -s %[1]s/readyz
+  curl -s %[1]s/metrics | grep '^sidecache_'
+
+Ctrl-C stops sidecache, MariaDB and Redis.
+
+`, base, stack.MySQLAddr, stack.RedisAddr, cfgPath)
+
+	cmd := exec.Command(*bin, "serve", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", *bin, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		cmd.Process.Signal(syscall.SIGTERM)
+		err = <-done
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && ctx.Err() == nil {
+		return fmt.Errorf("sidecache exited: %s", strings.TrimSpace(exit.String()))
+	}
+	return nil
+}

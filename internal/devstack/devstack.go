@@ -1,0 +1,392 @@
+// Package devstack starts a throwaway MariaDB and Redis as child processes in a temporary
+// directory on free loopback ports. Tests, `make run`, demos and load runs use it so that
+// everything runs against real servers without touching the machine's own services.
+package devstack
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// ErrNotInstalled reports that a server binary is missing from the machine.
+var ErrNotInstalled = errors.New("devstack: server binary not installed (run `make deps`)")
+
+// Options configures Start. The zero value is usable.
+type Options struct {
+	// Dir is where data, sockets and logs go. Default: a new temporary directory that Stop removes.
+	Dir string
+	// MySQLPort and RedisPort pin the ports. Default: a free loopback port each.
+	MySQLPort, RedisPort int
+	// GeneralLog turns on MariaDB's general query log into mysql.general_log, so that callers
+	// can count the queries the server really received.
+	GeneralLog bool
+	// Logf receives progress lines. Default: silent.
+	Logf func(format string, args ...any)
+}
+
+// Stack is a running MariaDB + Redis pair.
+type Stack struct {
+	Dir       string
+	MySQLAddr string // host:port
+	RedisAddr string // host:port
+
+	ownDir bool
+	logf   func(string, ...any)
+
+	mu    sync.Mutex
+	mysql *proc
+	redis *proc
+}
+
+// proc is a started server and a channel closed when it has exited.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startProc(cmd *exec.Cmd) (*proc, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// stop asks the server to shut down and kills its process group if it takes too long.
+func (p *proc) stop() {
+	if p == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// Binaries the stack needs; Missing reports those not on PATH or in /usr/sbin.
+var binaries = []string{"mariadbd", "mariadb-install-db", "redis-server"}
+
+// Missing returns the names of the server binaries that cannot be found.
+func Missing() []string {
+	var missing []string
+	for _, b := range binaries {
+		if _, err := lookPath(b); err != nil {
+			missing = append(missing, b)
+		}
+	}
+	return missing
+}
+
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s", ErrNotInstalled, name)
+}
+
+// Start initialises and starts MariaDB and Redis and waits until both answer.
+func Start(ctx context.Context, opts Options) (*Stack, error) {
+	if m := Missing(); len(m) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrNotInstalled, strings.Join(m, ", "))
+	}
+	s := &Stack{Dir: opts.Dir, logf: opts.Logf}
+	if s.logf == nil {
+		s.logf = func(string, ...any) {}
+	}
+	if s.Dir == "" {
+		dir, err := os.MkdirTemp("", "sidecache-devstack-")
+		if err != nil {
+			return nil, err
+		}
+		s.Dir, s.ownDir = dir, true
+	}
+	mysqlPort, redisPort := opts.MySQLPort, opts.RedisPort
+	var err error
+	if mysqlPort == 0 {
+		if mysqlPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	if redisPort == 0 {
+		if redisPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	s.MySQLAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(mysqlPort))
+	s.RedisAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(redisPort))
+
+	if err := s.startMySQL(ctx, mysqlPort, opts.GeneralLog); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	if err := s.StartRedis(ctx); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Stack) startMySQL(ctx context.Context, port int, generalLog bool) error {
+	data := filepath.Join(s.Dir, "mysql")
+	cnf := filepath.Join(s.Dir, "my.cnf")
+	gl := "0"
+	if generalLog {
+		gl = "1"
+	}
+	// A defaults file of our own keeps /etc/mysql out; as root mariadbd needs user=root.
+	conf := fmt.Sprintf(`[mysqld]
+user=%s
+datadir=%s
+socket=%s
+pid-file=%s
+port=%d
+bind-address=127.0.0.1
+skip-name-resolve
+log_bin=%s
+binlog_format=ROW
+binlog_row_image=FULL
+binlog_row_metadata=FULL
+server_id=1
+log_output=TABLE
+general_log=%s
+innodb_buffer_pool_size=128M
+innodb_log_file_size=48M
+innodb_flush_log_at_trx_commit=2
+sync_binlog=0
+max_connections=500
+character-set-server=utf8mb4
+collation-server=utf8mb4_general_ci
+`, currentUser(), data, filepath.Join(s.Dir, "mysql.sock"), filepath.Join(s.Dir, "mysqld.pid"),
+		port, filepath.Join(s.Dir, "binlog"), gl)
+	if err := os.WriteFile(cnf, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(data, "mysql")); err != nil {
+		install, _ := lookPath("mariadb-install-db")
+		out, err := exec.CommandContext(ctx, install, "--defaults-file="+cnf,
+			"--auth-root-authentication-method=normal", "--skip-test-db").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("devstack: mariadb-install-db: %w\n%s", err, tail(out))
+		}
+	}
+	bin, _ := lookPath("mariadbd")
+	logFile, err := os.Create(filepath.Join(s.Dir, "mysqld.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "--defaults-file="+cnf)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p, err := startProc(cmd)
+	logFile.Close()
+	if err != nil {
+		return fmt.Errorf("devstack: start mariadbd: %w", err)
+	}
+	s.mu.Lock()
+	s.mysql = p
+	s.mu.Unlock()
+	exited := p.done
+
+	db, err := sql.Open("mysql", s.DSN("root", "", ""))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err = db.PingContext(pctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(filepath.Join(s.Dir, "mysqld.log"))
+			return fmt.Errorf("devstack: mariadbd exited during start:\n%s", tail(b))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("devstack: mariadbd not ready after 60s: %w", err)
+		}
+	}
+	s.logf("mariadb ready on %s (data in %s)", s.MySQLAddr, data)
+	return nil
+}
+
+// StartRedis starts (or restarts, after StopRedis) the Redis server on its port.
+func (s *Stack) StartRedis(ctx context.Context) error {
+	bin, err := lookPath("redis-server")
+	if err != nil {
+		return err
+	}
+	_, port, _ := net.SplitHostPort(s.RedisAddr)
+	logFile, err := os.OpenFile(filepath.Join(s.Dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", s.Dir, "--daemonize", "no", "--protected-mode", "no")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p, err := startProc(cmd)
+	logFile.Close()
+	if err != nil {
+		return fmt.Errorf("devstack: start redis-server: %w", err)
+	}
+	s.mu.Lock()
+	s.redis = p
+	s.mu.Unlock()
+	exited := p.done
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if pingRedis(s.RedisAddr) == nil {
+			s.logf("redis ready on %s", s.RedisAddr)
+			return nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(filepath.Join(s.Dir, "redis.log"))
+			return fmt.Errorf("devstack: redis-server exited during start:\n%s", tail(b))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return errors.New("devstack: redis-server not ready after 20s")
+		}
+	}
+}
+
+// StopRedis kills the Redis server and waits for it to exit; StartRedis brings it back.
+func (s *Stack) StopRedis() {
+	s.mu.Lock()
+	cmd := s.redis
+	s.redis = nil
+	s.mu.Unlock()
+	cmd.stop()
+}
+
+// Stop ends both servers and removes the directory if Start created it.
+func (s *Stack) Stop() {
+	s.mu.Lock()
+	m, r := s.mysql, s.redis
+	s.mysql, s.redis = nil, nil
+	s.mu.Unlock()
+	r.stop()
+	m.stop()
+	if s.ownDir {
+		os.RemoveAll(s.Dir)
+	}
+}
+
+// DSN returns a go-sql-driver/mysql DSN for user on database db (db may be empty).
+func (s *Stack) DSN(user, password, db string) string {
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr, c.DBName = user, password, "tcp", s.MySQLAddr, db
+	c.Timeout = 5 * time.Second
+	c.MultiStatements = true
+	return c.FormatDSN()
+}
+
+// Root opens a root connection to database db (db may be empty).
+func (s *Stack) Root(db string) (*sql.DB, error) {
+	return sql.Open("mysql", s.DSN("root", "", db))
+}
+
+// CreateDatabase creates database name and a user of the same name and password that may
+// read it, and returns that user's DSN.
+func (s *Stack) CreateDatabase(ctx context.Context, name string) (string, error) {
+	root, err := s.Root("")
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
+	stmts := []string{
+		"CREATE DATABASE IF NOT EXISTS `" + name + "`",
+		"CREATE USER IF NOT EXISTS '" + name + "'@'127.0.0.1' IDENTIFIED BY '" + name + "'",
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON `" + name + "`.* TO '" + name + "'@'127.0.0.1'",
+	}
+	for _, q := range stmts {
+		if _, err := root.ExecContext(ctx, q); err != nil {
+			return "", fmt.Errorf("devstack: %s: %w", q, err)
+		}
+	}
+	return s.DSN(name, name, name), nil
+}
+
+func pingRedis(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(buf[:n]), "+PONG") {
+		return fmt.Errorf("redis answered %q", buf[:n])
+	}
+	return nil
+}
+
+func currentUser() string {
+	if os.Geteuid() == 0 {
+		return "root"
+	}
+	if u := os.Getenv("USER"); u != "" {
+		return u
+	}
+	return strconv.Itoa(os.Geteuid())
+}
+
+func tail(b []byte) string {
+	const max = 2000
+	if len(b) > max {
+		b = b[len(b)-max:]
+	}
+	return string(b)
+}

@@ -1,0 +1,77 @@
+package readthrough
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the read path's Prometheus metrics.
+type Metrics struct {
+	redisSeconds *prometheus.HistogramVec
+	mysqlSeconds *prometheus.HistogramVec
+	dbQueries    *prometheus.CounterVec
+	fills        *prometheus.CounterVec
+	nullMarkers  *prometheus.CounterVec
+	fillErrors   *prometheus.CounterVec
+	sharedLoads  *prometheus.CounterVec
+	badEnvelopes *prometheus.CounterVec
+}
+
+// NewMetrics creates the read path's metrics and registers them with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	latency := []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+	m := &Metrics{
+		redisSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sidecache_redis_duration_seconds", Help: "Latency of Redis calls on the read path.", Buckets: latency,
+		}, []string{"op"}),
+		mysqlSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sidecache_mysql_duration_seconds", Help: "Latency of MySQL queries on the read path.", Buckets: latency,
+		}, []string{"entity", "op"}),
+		dbQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_db_queries_total", Help: "Queries sent to MySQL to load rows.",
+		}, []string{"entity"}),
+		fills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_fills_total", Help: "Rows written to the cache after a load.",
+		}, []string{"entity"}),
+		nullMarkers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_null_markers_total", Help: "Null markers written to the cache for absent rows.",
+		}, []string{"entity"}),
+		fillErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_fill_errors_total", Help: "Cache writes after a load that failed (the row was still served).",
+		}, []string{"entity"}),
+		sharedLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_loads_shared_total", Help: "Requests that were answered by another request's in-process load.",
+		}, []string{"entity"}),
+		badEnvelopes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_cache_values_unreadable_total", Help: "Cached values in an unknown format, treated as misses.",
+		}, []string{"entity"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.redisSeconds, m.mysqlSeconds, m.dbQueries, m.fills, m.nullMarkers,
+			m.fillErrors, m.sharedLoads, m.badEnvelopes)
+	}
+	return m
+}
+
+// entityMetrics holds one entity's metric children, resolved once so the hit path does no
+// label lookups.
+type entityMetrics struct {
+	redisGet, redisGetMany, redisSet prometheus.Observer
+	mysqlLoad, mysqlLoadMany         prometheus.Observer
+	dbQueries, fills, nullMarkers    prometheus.Counter
+	fillErrors, sharedLoads          prometheus.Counter
+	badEnvelopes                     prometheus.Counter
+}
+
+func (m *Metrics) forEntity(name string) entityMetrics {
+	return entityMetrics{
+		redisGet:      m.redisSeconds.WithLabelValues("get"),
+		redisGetMany:  m.redisSeconds.WithLabelValues("get_many"),
+		redisSet:      m.redisSeconds.WithLabelValues("set"),
+		mysqlLoad:     m.mysqlSeconds.WithLabelValues(name, "load"),
+		mysqlLoadMany: m.mysqlSeconds.WithLabelValues(name, "load_many"),
+		dbQueries:     m.dbQueries.WithLabelValues(name),
+		fills:         m.fills.WithLabelValues(name),
+		nullMarkers:   m.nullMarkers.WithLabelValues(name),
+		fillErrors:    m.fillErrors.WithLabelValues(name),
+		sharedLoads:   m.sharedLoads.WithLabelValues(name),
+		badEnvelopes:  m.badEnvelopes.WithLabelValues(name),
+	}
+}

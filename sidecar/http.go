@@ -1,0 +1,214 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidecache/sidecache/readthrough"
+)
+
+// Errors of the HTTP layer itself.
+var (
+	errNoRoute          = errors.New("no such route")
+	errMethodNotAllowed = errors.New("method not allowed")
+)
+
+// Header values shared by every response; net/http does not modify them.
+var (
+	contentJSON = []string{"application/json"}
+	xCache      = map[readthrough.Status][]string{
+		readthrough.Hit: {"hit"}, readthrough.Miss: {"miss"}, readthrough.Negative: {"negative"},
+		readthrough.Stale: {"stale"}, readthrough.Bypass: {"bypass"},
+	}
+)
+
+// reader is what the HTTP layer needs of the read path.
+type reader interface {
+	Get(ctx context.Context, entity, id string) (readthrough.Result, error)
+	GetMany(ctx context.Context, entity string, ids []string) (readthrough.Many, error)
+}
+
+// api serves the HTTP API.
+type api struct {
+	reader  reader
+	timeout time.Duration
+	log     *slog.Logger
+	metrics *httpMetrics
+	ready   func(context.Context) error
+	// lastErrLog rate-limits error logs to one a second, so an outage does not flood the log.
+	lastErrLog atomic.Int64
+}
+
+func (a *api) routes(metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/{entity}/{id}", a.getOne)
+	mux.HandleFunc("/v1/{entity}", a.getMany)
+	mux.HandleFunc("/healthz", a.healthz)
+	mux.HandleFunc("/readyz", a.readyz)
+	mux.Handle("/metrics", metrics)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		a.writeError(w, "", errNoRoute)
+	})
+	return mux
+}
+
+// onlyGET answers 405 for anything but GET and reports whether the request may go on.
+func (a *api) onlyGET(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodGet {
+		return true
+	}
+	w.Header().Set("Allow", http.MethodGet)
+	a.writeError(w, "", errMethodNotAllowed)
+	return false
+}
+
+func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
+	if !a.onlyGET(w, r) {
+		return
+	}
+	start := time.Now()
+	entity := r.PathValue("entity")
+	ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
+	res, err := a.reader.Get(ctx, entity, r.PathValue("id"))
+	cancel()
+	if res.Status != "" {
+		w.Header()["X-Cache"] = xCache[res.Status]
+	}
+	if err != nil {
+		a.writeError(w, entity, err)
+		a.metrics.observe(entity, outcomeOf(res, err), start)
+		return
+	}
+	h := w.Header()
+	h["Content-Type"] = contentJSON
+	w.Write(res.Body)
+	a.metrics.observe(entity, string(res.Status), start)
+}
+
+func (a *api) getMany(w http.ResponseWriter, r *http.Request) {
+	if !a.onlyGET(w, r) {
+		return
+	}
+	start := time.Now()
+	entity := r.PathValue("entity")
+	ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
+	many, err := a.reader.GetMany(ctx, entity, r.URL.Query()["id"])
+	cancel()
+	if err != nil {
+		a.writeError(w, entity, err)
+		a.metrics.observe(entity, outcomeOf(readthrough.Result{}, err), start)
+		return
+	}
+	size := 32
+	for _, it := range many.Items {
+		size += len(it.ID) + len(it.Body) + 4
+	}
+	b := make([]byte, 0, size)
+	b = append(b, `{"items":{`...)
+	for i, it := range many.Items {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSON(b, it.ID)
+		b = append(b, ':')
+		b = append(b, it.Body...)
+	}
+	b = append(b, `},"missing":`...)
+	if many.Missing == nil {
+		many.Missing = []string{}
+	}
+	b = appendJSON(b, many.Missing)
+	b = append(b, '}')
+	h := w.Header()
+	h["Content-Type"] = contentJSON
+	h["X-Cache"] = xCache[many.Status]
+	w.Write(b)
+	a.metrics.observe(entity, string(many.Status), start)
+}
+
+func appendJSON(b []byte, v any) []byte {
+	j, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // strings and string slices always marshal
+	}
+	return append(b, j...)
+}
+
+func (a *api) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header()["Content-Type"] = contentJSON
+	w.Write([]byte(`{"status":"ok"}`))
+}
+
+func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := a.ready(ctx); err != nil {
+		writeJSONError(w, http.StatusServiceUnavailable, "not_ready", err.Error())
+		return
+	}
+	w.Header()["Content-Type"] = contentJSON
+	w.Write([]byte(`{"status":"ready"}`))
+}
+
+// classify is the one place that turns errors into HTTP statuses and error codes.
+func classify(err error) (status int, code string) {
+	switch {
+	case errors.Is(err, readthrough.ErrNotFound):
+		return http.StatusNotFound, "not_found"
+	case errors.Is(err, readthrough.ErrUnknownEntity):
+		return http.StatusNotFound, "unknown_entity"
+	case errors.Is(err, readthrough.ErrInvalidID):
+		return http.StatusBadRequest, "invalid_id"
+	case errors.Is(err, readthrough.ErrTooManyIDs):
+		return http.StatusBadRequest, "too_many_ids"
+	case errors.Is(err, errNoRoute):
+		return http.StatusNotFound, "no_route"
+	case errors.Is(err, errMethodNotAllowed):
+		return http.StatusMethodNotAllowed, "method_not_allowed"
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable, "timeout"
+	case errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, "canceled"
+	case errors.Is(err, readthrough.ErrCacheUnavailable):
+		return http.StatusServiceUnavailable, "cache_unavailable"
+	case errors.Is(err, readthrough.ErrDBUnavailable):
+		return http.StatusServiceUnavailable, "db_unavailable"
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
+func (a *api) writeError(w http.ResponseWriter, entity string, err error) {
+	status, code := classify(err)
+	if status >= 500 && code != "canceled" {
+		now := time.Now().UnixNano()
+		if last := a.lastErrLog.Load(); now-last >= int64(time.Second) && a.lastErrLog.CompareAndSwap(last, now) {
+			a.log.Warn("request failed", "entity", entity, "code", code, "err", err)
+		}
+	}
+	writeJSONError(w, status, code, err.Error())
+}
+
+func writeJSONError(w http.ResponseWriter, status int, code, message string) {
+	b, _ := json.Marshal(struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}{code, message})
+	w.Header()["Content-Type"] = contentJSON
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// outcomeOf names a failed request's outcome for metrics: "negative" for a null marker, the
+// error code ("not_found", "invalid_id", ...) otherwise.
+func outcomeOf(res readthrough.Result, err error) string {
+	if res.Status == readthrough.Negative {
+		return string(res.Status)
+	}
+	_, code := classify(err)
+	return code
+}

@@ -1,0 +1,204 @@
+// Package sidecar wires sidecache together: it opens MySQL and Redis, checks the configured
+// entities against the live schema, serves the HTTP API and stops gracefully.
+package sidecar
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/config"
+	"github.com/sidecache/sidecache/internal/mysqlsource"
+	"github.com/sidecache/sidecache/readthrough"
+)
+
+// Options configure New. Config is required.
+type Options struct {
+	Config *config.Config
+	// Logger; nil: slog.Default().
+	Logger *slog.Logger
+	// Registry receives every metric and is served at /metrics. Nil: a new registry.
+	Registry *prometheus.Registry
+	// Version is reported in sidecache_build_info. Default "dev".
+	Version string
+}
+
+// Sidecar is a configured, connected sidecache.
+type Sidecar struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	db      *sql.DB
+	redis   redis.UniversalClient
+	source  *mysqlsource.Source
+	reader  *readthrough.Reader
+	handler http.Handler
+}
+
+// New connects to MySQL, checks every entity against its schema, and prepares the read path.
+// Redis need not be up yet: /readyz reports it and requests answer 503 until it is.
+func New(ctx context.Context, opts Options) (*Sidecar, error) {
+	cfg := opts.Config
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	version := opts.Version
+	if version == "" {
+		version = "dev"
+	}
+	if cfg.CDC.Enabled {
+		return nil, fmt.Errorf("%w: cdc.enabled: the binlog tail is not part of this build yet; set it to false", config.ErrInvalid)
+	}
+	for _, e := range cfg.Entities {
+		if e.Hot {
+			log.Warn("hot: logical expiry is not part of this build yet; the entity uses hard expiry", "entity", e.Name)
+		}
+		if e.Bloom.Enabled {
+			log.Warn("bloom: the Bloom filter is not part of this build yet; the guard stays open", "entity", e.Name)
+		}
+	}
+
+	db, schema, err := mysqlsource.Open(cfg.MySQL)
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("mysql: cannot connect: %w", err)
+	}
+	source, err := mysqlsource.New(pctx, db, schema, cfg.Entities, cfg.MySQL.QueryTimeout.D())
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+
+	rc := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:         cfg.Redis.Addrs,
+		IsClusterMode: len(cfg.Redis.Addrs) > 1,
+		Username:      cfg.Redis.Username,
+		Password:      cfg.Redis.Password,
+		DialTimeout:   cfg.Redis.Timeout.D(),
+		ReadTimeout:   cfg.Redis.Timeout.D(),
+		WriteTimeout:  cfg.Redis.Timeout.D(),
+		PoolSize:      cfg.Redis.PoolSize,
+		MaxRetries:    1,
+	})
+
+	entities := make([]readthrough.Entity, 0, len(cfg.Entities))
+	names := make([]string, 0, len(cfg.Entities))
+	for _, ce := range cfg.Entities {
+		se := source.Entity(ce.Name)
+		entities = append(entities, readthrough.Entity{
+			Name: ce.Name, Key: se.Key, TTL: ce.TTL.D(), NullTTL: ce.NullTTL.D(), Jitter: *ce.TTLJitter,
+		})
+		names = append(names, ce.Name)
+		log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
+	}
+	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source}
+	s.reader = readthrough.New(readthrough.Options{
+		Cache:       readthrough.NewRedisCache(rc),
+		Source:      source,
+		Entities:    entities,
+		KeyPrefix:   cfg.Redis.KeyPrefix,
+		MaxIDs:      cfg.Limits.MaxIDs,
+		MaxIDLength: cfg.Limits.MaxIDLength,
+		Metrics:     readthrough.NewMetrics(reg),
+		Logger:      log,
+	})
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sidecache_build_info", Help: "Always 1; the version label says which build runs.",
+	}, []string{"version"})
+	reg.MustRegister(buildInfo)
+	buildInfo.WithLabelValues(version).Set(1)
+
+	a := &api{
+		reader:  s.reader,
+		timeout: cfg.Limits.RequestTimeout.D(),
+		log:     log,
+		metrics: newHTTPMetrics(reg, names),
+		ready:   s.Ready,
+	}
+	s.handler = a.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return s, nil
+}
+
+// Handler returns the HTTP API.
+func (s *Sidecar) Handler() http.Handler { return s.handler }
+
+// Reader returns the read path.
+func (s *Sidecar) Reader() *readthrough.Reader { return s.reader }
+
+// Ready reports whether MySQL and Redis both answer.
+func (s *Sidecar) Ready(ctx context.Context) error {
+	if err := s.source.Ping(ctx); err != nil {
+		return fmt.Errorf("mysql: %w", err)
+	}
+	if err := s.redis.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
+}
+
+// Run serves the API on the configured address until ctx ends, then drains in-flight requests
+// for up to shutdown_timeout. A clean stop returns nil.
+func (s *Sidecar) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve is Run on a listener the caller opened.
+func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      s.cfg.Limits.RequestTimeout.D() + 5*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("serving", "addr", ln.Addr().String(), "entities", len(s.cfg.Entities))
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: draining in-flight requests", "timeout", s.cfg.ShutdownTimeout.D().String())
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout.D())
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// Close releases connections.
+func (s *Sidecar) Close() error {
+	s.source.Close()
+	return errors.Join(s.redis.Close(), s.db.Close())
+}
