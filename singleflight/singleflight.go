@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
+	"sync"
 
 	xsf "golang.org/x/sync/singleflight"
 )
@@ -22,6 +23,29 @@ func (p *PanicError) Error() string { return fmt.Sprintf("singleflight: load pan
 // Group runs one flight per key at a time. The zero value is ready to use.
 type Group[T any] struct {
 	g xsf.Group
+
+	mu      sync.Mutex
+	callers map[string]int
+}
+
+// Callers returns how many callers have joined a flight for key and are waiting for it.
+func (g *Group[T]) Callers(key string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.callers[key]
+}
+
+func (g *Group[T]) track(key string, delta int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.callers == nil {
+		g.callers = make(map[string]int)
+	}
+	if n := g.callers[key] + delta; n > 0 {
+		g.callers[key] = n
+	} else {
+		delete(g.callers, key)
+	}
 }
 
 // Do runs fn for key unless a flight for key is already running, in which case it waits for
@@ -41,6 +65,9 @@ func (g *Group[T]) Do(ctx context.Context, key string, fn func(context.Context) 
 		}()
 		return fn(detached)
 	})
+	// Counted once DoChan has registered the caller with the flight.
+	g.track(key, 1)
+	defer g.track(key, -1)
 	select {
 	case r := <-ch:
 		v, _ = r.Val.(T)

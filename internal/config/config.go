@@ -360,7 +360,7 @@ func (c *Config) validate() error {
 	seen := make(map[string]int)
 	for i, e := range c.Entities {
 		field := func(f string) string {
-			if e.Name == "" {
+			if !entityName.MatchString(e.Name) {
 				return fmt.Sprintf("entities[%d].%s", i, f)
 			}
 			return fmt.Sprintf("entity %q: %s", e.Name, f)

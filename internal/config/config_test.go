@@ -1,0 +1,149 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+mysql:
+  dsn: "app:secret@tcp(127.0.0.1:3306)/app"
+entities:
+  - name: items
+`
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse([]byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.Entities[0]
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", c.Listen, DefaultListen},
+		{"redis.addrs", strings.Join(c.Redis.Addrs, ","), DefaultRedisAddr},
+		{"redis.key_prefix", c.Redis.KeyPrefix, DefaultKeyPrefix},
+		{"limits.max_ids", c.Limits.MaxIDs, DefaultMaxIDs},
+		{"cdc.flavor", c.CDC.Flavor, "mysql"},
+		{"cdc.double_delete_delay", c.CDC.DoubleDeleteDelay.D(), 500 * time.Millisecond},
+		{"table", e.Table, "items"},
+		{"key", e.Key, ""},
+		{"ttl", e.TTL.D(), 10 * time.Minute},
+		{"ttl_jitter", *e.TTLJitter, 0.1},
+		{"null_ttl", e.NullTTL.D(), time.Minute},
+		{"bloom.fp_rate", e.Bloom.FPRate, 0.01},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestParseExplicitZeroJitter(t *testing.T) {
+	c, err := Parse([]byte(minimal + "    ttl_jitter: 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := *c.Entities[0].TTLJitter; got != 0 {
+		t.Errorf("ttl_jitter = %v, want an explicit 0 kept", got)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, doc string
+		want      []string // substrings of the one-line error
+	}{
+		{"unknown top-level key", minimal + "lisen: x\n", []string{"line 6", `unknown field "lisen"`}},
+		{"unknown entity key", minimal + "    tll: 1m\n", []string{`unknown field "tll"`}},
+		{"bad duration", minimal + "    ttl: 10 minutes\n", []string{"bad duration", "10 minutes"}},
+		{"duration as number", minimal + "    ttl: 10\n", []string{"bad duration"}},
+		{"jitter too big", minimal + "    ttl_jitter: 1\n", []string{`entity "items": ttl_jitter`, "[0, 1)"}},
+		{"jitter negative", minimal + "    ttl_jitter: -0.1\n", []string{"ttl_jitter"}},
+		{"negative ttl", minimal + "    ttl: -1s\n", []string{`entity "items": ttl: must be positive`}},
+		{"duplicate entity", minimal + "  - name: items\n", []string{"duplicate", "entities[0] and entities[1]"}},
+		{"bad entity name", strings.Replace(minimal, "name: items", "name: Items!", 1), []string{"entities[0].name"}},
+		{"table not an identifier", minimal + "    table: \"items; DROP TABLE x\"\n", []string{`entity "items": table`}},
+		{"column listed twice", minimal + "    columns: [id, ID]\n", []string{"columns[1]", "twice"}},
+		{"no dsn", "entities:\n  - name: items\n", []string{"mysql.dsn: is required"}},
+		{"dsn without database", strings.Replace(minimal, "/app", "/", 1), []string{"mysql.dsn", "names no database"}},
+		{"no entities", "mysql:\n  dsn: \"a:b@tcp(h:1)/d\"\n", []string{"at least one entity"}},
+		{"prefix with braces", minimal + "redis:\n  key_prefix: \"{x}\"\n", []string{"redis.key_prefix"}},
+		{"bad redis addr", minimal + "redis:\n  addrs: [\"nohost\"]\n", []string{"redis.addrs[0]"}},
+		{"bad flavor", minimal + "cdc:\n  flavor: postgres\n", []string{"cdc.flavor"}},
+		{"too many ids", minimal + "limits:\n  max_ids: 5000\n", []string{"limits.max_ids"}},
+		{"unset env var", strings.Replace(minimal, "secret", "${SIDECACHE_TEST_UNSET}", 1), []string{"SIDECACHE_TEST_UNSET"}},
+		{"empty", "", []string{"empty"}},
+		{"not yaml", "{{{", []string{"invalid configuration"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc))
+			if err == nil {
+				t.Fatal("Parse succeeded, want an error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not mention %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEnvExpansion(t *testing.T) {
+	t.Setenv("SIDECACHE_TEST_PASS", "p@ss$word")
+	c, err := Parse([]byte(strings.Replace(minimal, "secret", "${SIDECACHE_TEST_PASS}", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "app:p@ss$word@tcp(127.0.0.1:3306)/app"; c.MySQL.DSN != want {
+		t.Errorf("dsn = %q, want %q", c.MySQL.DSN, want)
+	}
+}
+
+func TestLoadNamesFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(path, []byte(minimal+"    ttl_jitter: 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil || !strings.HasPrefix(err.Error(), path+": ") {
+		t.Fatalf("Load error = %v, want it to start with the file name", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	f.Add([]byte(minimal + "    ttl: 1s\n    ttl_jitter: 0.5\n"))
+	f.Add([]byte("listen: [1,2]\n"))
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		c, err := Parse(doc)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		// Whatever parses is valid: the invariants the rest of the program relies on hold.
+		for _, e := range c.Entities {
+			if e.TTL <= 0 || e.NullTTL <= 0 || *e.TTLJitter < 0 || *e.TTLJitter >= 1 {
+				t.Fatalf("invalid entity accepted: %+v", e)
+			}
+		}
+	})
+}

@@ -1,0 +1,82 @@
+package mysqlsource
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestKeyParse(t *testing.T) {
+	i32 := Key{Kind: KeyInt, Bits: 32}
+	u64 := Key{Kind: KeyUint, Bits: 64}
+	s4 := Key{Kind: KeyString, MaxChars: 4}
+	tests := []struct {
+		key     Key
+		raw     string
+		want    string
+		wantErr bool
+	}{
+		{i32, "42", "42", false},
+		{i32, "-7", "-7", false},
+		{i32, "007", "7", false},
+		{i32, "2147483647", "2147483647", false},
+		{i32, "2147483648", "", true},
+		{i32, "+1", "", true},
+		{i32, "1e3", "", true},
+		{i32, " 1", "", true},
+		{i32, "", "", true},
+		{i32, "abc", "", true},
+		{u64, "18446744073709551615", "18446744073709551615", false},
+		{u64, "18446744073709551616", "", true},
+		{u64, "-1", "", true},
+		{u64, strings.Repeat("0", 30) + "1", "", true},
+		{s4, "JP", "JP", false},
+		{s4, "日本語字", "日本語字", false},
+		{s4, "toolong", "", true},
+		{s4, "a\x00", "", true},
+		{s4, "a\nb", "", true},
+		{s4, "\xff", "", true},
+		{s4, "", "", true},
+	}
+	for _, tt := range tests {
+		got, err := tt.key.Parse(tt.raw, 64)
+		if tt.wantErr {
+			if !errors.Is(err, ErrInvalidID) {
+				t.Errorf("Parse(%q) = %q, %v; want ErrInvalidID", tt.raw, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("Parse(%q) = %q, %v; want %q", tt.raw, got, err, tt.want)
+		}
+	}
+	if _, err := (Key{Kind: KeyString}).Parse(strings.Repeat("x", 65), 64); !errors.Is(err, ErrInvalidID) {
+		t.Errorf("a string id over the byte bound was accepted")
+	}
+}
+
+func FuzzKeyParse(f *testing.F) {
+	for _, s := range []string{"1", "-0", "007", "18446744073709551615", "JP", "\x00", "日本"} {
+		f.Add(s)
+	}
+	keys := []Key{{Kind: KeyInt, Bits: 8}, {Kind: KeyInt, Bits: 64}, {Kind: KeyUint, Bits: 24}, {Kind: KeyUint, Bits: 64}, {Kind: KeyString, MaxChars: 8}}
+	f.Fuzz(func(t *testing.T, raw string) {
+		for _, k := range keys {
+			id, err := k.Parse(raw, 32)
+			if err != nil {
+				if !errors.Is(err, ErrInvalidID) {
+					t.Fatalf("%+v Parse(%q): error %v is not ErrInvalidID", k, raw, err)
+				}
+				continue
+			}
+			// The canonical form is a fixed point, and never holds a control character.
+			again, err := k.Parse(id, 32)
+			if err != nil || again != id {
+				t.Fatalf("%+v Parse(%q) = %q, but Parse(%q) = %q, %v", k, raw, id, id, again, err)
+			}
+			if strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+				t.Fatalf("%+v Parse(%q) = %q holds a control character", k, raw, id)
+			}
+		}
+	})
+}
