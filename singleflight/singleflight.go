@@ -18,7 +18,9 @@ type PanicError struct {
 	Stack []byte
 }
 
-func (p *PanicError) Error() string { return fmt.Sprintf("singleflight: load panicked: %v\n%s", p.Value, p.Stack) }
+func (p *PanicError) Error() string {
+	return fmt.Sprintf("singleflight: load panicked: %v\n%s", p.Value, p.Stack)
+}
 
 // Group runs one flight per key at a time. The zero value is ready to use.
 type Group[T any] struct {
