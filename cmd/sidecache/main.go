@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/sidecar"
@@ -88,6 +89,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg.Log, stderr)
+	// go-redis logs pool dial failures through a process-wide logger; during an outage our own
+	// rate-limited warnings say it once a second, so its lines go to debug.
+	redis.SetLogger(redisLogger{log})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	sc, err := sidecar.New(ctx, sidecar.Options{Config: cfg, Logger: log, Registry: reg, Version: version})
@@ -96,6 +100,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer sc.Close()
 	return sc.Run(ctx)
+}
+
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, args ...any) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, args...), "component", "go-redis")
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
