@@ -67,6 +67,9 @@ type Options struct {
 	MaxIDs int
 	// MaxIDLength bounds string ids, in bytes. Default 255.
 	MaxIDLength int
+	// LoadTimeout bounds a miss: waiting for the flight, the load and the fill. Default 5s.
+	// (A hit is one cache call, bounded by the cache client's own timeouts.)
+	LoadTimeout time.Duration
 	// Metrics; nil: unregistered metrics.
 	Metrics *Metrics
 	// Logger; nil: slog.Default().
@@ -80,6 +83,7 @@ type Reader struct {
 	prefix   string
 	maxIDs   int
 	maxIDLen int
+	timeout  time.Duration
 	log      *slog.Logger
 	entities map[string]*entity
 	flights  singleflight.Group[Result]
@@ -105,6 +109,7 @@ func New(opts Options) *Reader {
 		prefix:   opts.KeyPrefix,
 		maxIDs:   opts.MaxIDs,
 		maxIDLen: opts.MaxIDLength,
+		timeout:  opts.LoadTimeout,
 		log:      opts.Logger,
 		entities: make(map[string]*entity, len(opts.Entities)),
 	}
@@ -113,6 +118,9 @@ func New(opts Options) *Reader {
 	}
 	if r.maxIDLen <= 0 {
 		r.maxIDLen = 255
+	}
+	if r.timeout <= 0 {
+		r.timeout = 5 * time.Second
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -192,7 +200,12 @@ func (res Result) orNotFound(entity, id string) (Result, error) {
 
 // load runs one flight per key in this process.
 func (r *Reader) load(ctx context.Context, e *entity, id, key string) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
 	res, shared, err := r.flights.Do(ctx, key, func(ctx context.Context) (Result, error) {
+		// The flight outlives any one caller's cancellation, but not its own bound.
+		ctx, cancel := context.WithTimeout(ctx, r.timeout)
+		defer cancel()
 		// Re-check the cache: a flight for this key may have filled it and ended between our GET
 		// and the start of this flight, and loading again would be a second query for one fill.
 		b, err := r.cache.Get(ctx, key)
@@ -287,6 +300,8 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 	if len(rawIDs) > r.maxIDs {
 		return Many{}, fmt.Errorf("%w: %d ids, at most %d", ErrTooManyIDs, len(rawIDs), r.maxIDs)
 	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
 	ids := make([]string, 0, len(rawIDs))
 	seen := make(map[string]bool, len(rawIDs))
 	for _, raw := range rawIDs {

@@ -261,3 +261,37 @@ func ExampleCacheKey() {
 	fmt.Println(readthrough.CacheKey("sc:", "items", "42"))
 	// Output: sc:{items:42}
 }
+
+// memCache is an in-memory Cache, so BenchmarkGetHit measures the read path's own work.
+type memCache map[string][]byte
+
+func (m memCache) Get(_ context.Context, key string) ([]byte, error) { return m[key], nil }
+func (m memCache) GetMany(_ context.Context, keys []string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = m[k]
+	}
+	return out, nil
+}
+func (m memCache) SetMany(_ context.Context, es []readthrough.Entry) error {
+	for _, e := range es {
+		m[e.Key] = e.Value
+	}
+	return nil
+}
+
+func BenchmarkGetHit(b *testing.B) {
+	cache := memCache{}
+	src := &fakeSource{rows: map[string]string{"42": `{"id":42}`}}
+	r := readthrough.New(readthrough.Options{Cache: cache, Source: src, Entities: []readthrough.Entity{items}})
+	ctx := context.Background()
+	if _, err := r.Get(ctx, "items", "42"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if res, err := r.Get(ctx, "items", "42"); err != nil || res.Status != readthrough.Hit {
+			b.Fatal(res, err)
+		}
+	}
+}

@@ -117,14 +117,14 @@ INSERT INTO codes VALUES ('abc', 'x')`).start(itemsEntity + "  - name: codes\n")
 		{"/v1/items/18446744073709551616", 400, "invalid_id"},
 		{"/v1/items/" + strings.Repeat("9", 300), 400, "invalid_id"},
 		{"/v1/items/%201", 400, "invalid_id"},
-		{"/v1/codes/abcd", 400, "invalid_id"},                // longer than CHAR(3)
-		{"/v1/codes/a%0Ab", 400, "invalid_id"},               // control character
-		{"/v1/codes/%FF%FE", 400, "invalid_id"},              // not UTF-8
-		{"/v1/items?id=1&id=x", 400, "invalid_id"},           // one bad id spoils the batch
-		{"/v1/nope/1", 404, "unknown_entity"},                // unknown entity
-		{"/v1/nope?id=1", 404, "unknown_entity"},             // unknown entity, multi-get
-		{"/v1/items/1/extra", 404, "no_route"},               // no such route
-		{"/v2/items/1", 404, "no_route"},                     // no such route
+		{"/v1/codes/abcd", 400, "invalid_id"},                  // longer than CHAR(3)
+		{"/v1/codes/a%0Ab", 400, "invalid_id"},                 // control character
+		{"/v1/codes/%FF%FE", 400, "invalid_id"},                // not UTF-8
+		{"/v1/items?id=1&id=x", 400, "invalid_id"},             // one bad id spoils the batch
+		{"/v1/nope/1", 404, "unknown_entity"},                  // unknown entity
+		{"/v1/nope?id=1", 404, "unknown_entity"},               // unknown entity, multi-get
+		{"/v1/items/1/extra", 404, "no_route"},                 // no such route
+		{"/v2/items/1", 404, "no_route"},                       // no such route
 		{"/v1/items/" + strings.Repeat("1", 100_000), 431, ""}, // over the 64 KiB header limit
 	}
 	for _, tt := range tests {

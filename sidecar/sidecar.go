@@ -117,6 +117,7 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		KeyPrefix:   cfg.Redis.KeyPrefix,
 		MaxIDs:      cfg.Limits.MaxIDs,
 		MaxIDLength: cfg.Limits.MaxIDLength,
+		LoadTimeout: cfg.Limits.RequestTimeout.D(),
 		Metrics:     readthrough.NewMetrics(reg),
 		Logger:      log,
 	})
@@ -128,7 +129,6 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 
 	a := &api{
 		reader:  s.reader,
-		timeout: cfg.Limits.RequestTimeout.D(),
 		log:     log,
 		metrics: newHTTPMetrics(reg, names),
 		ready:   s.Ready,

@@ -54,7 +54,8 @@ type Limits struct {
 	// MaxIDLength is the longest id accepted, in bytes, for string keys (integer keys are bounded
 	// by their type). Default 255.
 	MaxIDLength int `yaml:"max_id_length"`
-	// RequestTimeout bounds one HTTP request end to end. Default 5s.
+	// RequestTimeout bounds a request that misses the cache: waiting for the in-process load,
+	// the MySQL query and the fill. A hit is bounded by redis.timeout. Default 5s.
 	RequestTimeout Duration `yaml:"request_timeout"`
 }
 

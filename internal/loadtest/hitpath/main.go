@@ -1,0 +1,310 @@
+// Command hitpath measures sidecache's hit path against a bare net/http handler that does one
+// go-redis GET of the same key and writes the same bytes, in the same run, on the same machine.
+// Both servers run as their own processes against one Redis; wrk drives them in alternating
+// rounds, and the ratio of their throughputs is printed. `make bench-hit` runs it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
+)
+
+func main() {
+	bare := flag.Bool("bare", false, "run the bare handler (internal)")
+	redisAddr := flag.String("redis", "", "Redis address for -bare")
+	listen := flag.String("listen", "", "listen address for -bare")
+	bin := flag.String("bin", "bin/sidecache", "the sidecache binary")
+	keys := flag.Int("keys", 1000, "distinct ids read (all cached)")
+	duration := flag.Duration("duration", 10*time.Second, "length of one wrk run")
+	rounds := flag.Int("rounds", 3, "alternating rounds per server")
+	conns := flag.Int("conns", 50, "wrk connections")
+	threads := flag.Int("threads", 1, "wrk threads")
+	flag.Parse()
+	var err error
+	if *bare {
+		err = serveBare(*redisAddr, *listen)
+	} else {
+		err = run(*bin, *keys, *duration, *rounds, *conns, *threads)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hitpath:", err)
+		os.Exit(1)
+	}
+}
+
+const prefix = "bench:"
+
+// serveBare is the baseline: one go-redis GET per request, the cached row written as it is.
+func serveBare(redisAddr, listen string) error {
+	rc := redis.NewClient(&redis.Options{Addr: redisAddr})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/items/{id}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := rc.Get(r.Context(), prefix+"{items:"+r.PathValue("id")+"}").Bytes()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(v[10:]) // past sidecache's envelope header, so both send the same body
+	})
+	return http.ListenAndServe(listen, mux)
+}
+
+func run(bin string, keys int, duration time.Duration, rounds, conns, threads int) error {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		return errors.New("wrk is not installed (make deps-bench installs it)")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	stack, err := devstack.Start(ctx, devstack.Options{})
+	if err != nil {
+		return err
+	}
+	defer stack.Stop()
+	dsn, err := stack.CreateDatabase(ctx, "bench")
+	if err != nil {
+		return err
+	}
+	root, err := stack.Root("bench")
+	if err != nil {
+		return err
+	}
+	err = devstack.SeedSample(ctx, root, keys, 1)
+	root.Close()
+	if err != nil {
+		return err
+	}
+
+	scAddr, bareAddr := freeAddr(), freeAddr()
+	cfg := filepath.Join(stack.Dir, "bench.yaml")
+	doc := fmt.Sprintf("listen: %q\nlog:\n  level: warn\nmysql:\n  dsn: %q\nredis:\n  addrs: [%q]\n  key_prefix: %q\nentities:\n  - name: items\n    ttl: 1h\n",
+		scAddr, dsn, stack.RedisAddr, prefix)
+	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
+		return err
+	}
+	sc, err := startProc(bin, "serve", "--config", cfg)
+	if err != nil {
+		return err
+	}
+	defer sc.stop()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	bare, err := startProc(self, "-bare", "-redis", stack.RedisAddr, "-listen", bareAddr)
+	if err != nil {
+		return err
+	}
+	defer bare.stop()
+	for _, addr := range []string{scAddr, bareAddr} {
+		if err := waitHTTP(addr); err != nil {
+			return err
+		}
+	}
+
+	// Warm: every id is loaded once through sidecache, so every later read is a hit.
+	for id := 1; id <= keys; id++ {
+		res, err := http.Get(fmt.Sprintf("http://%s/v1/items/%d", scAddr, id))
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			return fmt.Errorf("warming id %d: %s", id, res.Status)
+		}
+	}
+	script := filepath.Join(stack.Dir, "ids.lua")
+	lua := fmt.Sprintf("math.randomseed(42)\nrequest = function()\n  return wrk.format(\"GET\", \"/v1/items/\" .. math.random(1, %d))\nend\n", keys)
+	if err := os.WriteFile(script, []byte(lua), 0o600); err != nil {
+		return err
+	}
+	hitsBefore, err := hits(scAddr)
+	if err != nil {
+		return err
+	}
+
+	// One untimed round each, so neither server is measured cold (connection pools, GC pacing).
+	for _, addr := range []string{scAddr, bareAddr} {
+		if _, err := runWrk(ctx, addr, script, 2*time.Second, conns, threads); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("hit path: sidecache vs a bare net/http handler doing one go-redis GET\n")
+	fmt.Printf("wrk -t%d -c%d -d%s --latency, %d cached ids, %d alternating rounds, GOMAXPROCS %s, %d CPUs\n\n",
+		threads, conns, duration, keys, rounds, orDefault(os.Getenv("GOMAXPROCS"), "default"), numCPU())
+	fmt.Printf("%-6s %-10s %12s %10s %10s %10s\n", "round", "server", "req/s", "p50", "p99", "non-2xx")
+	var scRates, bareRates, ratios []float64
+	for r := 1; r <= rounds; r++ {
+		var pair [2]wrkResult
+		for i, target := range []struct{ name, addr string }{{"sidecache", scAddr}, {"bare", bareAddr}} {
+			res, err := runWrk(ctx, target.addr, script, duration, conns, threads)
+			if err != nil {
+				return err
+			}
+			pair[i] = res
+			fmt.Printf("%-6d %-10s %12.0f %10s %10s %10d\n", r, target.name, res.rate, res.p50, res.p99, res.errors)
+		}
+		scRates, bareRates = append(scRates, pair[0].rate), append(bareRates, pair[1].rate)
+		ratios = append(ratios, pair[0].rate/pair[1].rate)
+	}
+	hitsAfter, err := hits(scAddr)
+	if err != nil {
+		return err
+	}
+	var total float64
+	for _, r := range scRates {
+		total += r * duration.Seconds()
+	}
+	fmt.Printf("\nmedian req/s: sidecache %.0f, bare %.0f\n", median(scRates), median(bareRates))
+	fmt.Printf("ratio sidecache/bare per round: %s; median %.3f (target >= 0.9)\n", fmtRatios(ratios), median(ratios))
+	fmt.Printf("sidecache answered %.0f of about %.0f requests as X-Cache hits\n", hitsAfter-hitsBefore, total)
+	return nil
+}
+
+type wrkResult struct {
+	rate     float64
+	p50, p99 string
+	errors   int
+}
+
+var (
+	reqsPerSec = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	pct        = regexp.MustCompile(`(?m)^\s+(50|99)%\s+(\S+)`)
+	non2xx     = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	socketErrs = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+func runWrk(ctx context.Context, addr, script string, d time.Duration, conns, threads int) (wrkResult, error) {
+	out, err := exec.CommandContext(ctx, "wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns),
+		"-d", d.String(), "--latency", "-s", script, "http://"+addr).CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("wrk: %v\n%s", err, out)
+	}
+	m := reqsPerSec.FindSubmatch(out)
+	if m == nil {
+		return wrkResult{}, fmt.Errorf("wrk printed no Requests/sec:\n%s", out)
+	}
+	var r wrkResult
+	r.rate, _ = strconv.ParseFloat(string(m[1]), 64)
+	for _, p := range pct.FindAllSubmatch(out, -1) {
+		if string(p[1]) == "50" {
+			r.p50 = string(p[2])
+		} else {
+			r.p99 = string(p[2])
+		}
+	}
+	if m := non2xx.FindSubmatch(out); m != nil {
+		r.errors, _ = strconv.Atoi(string(m[1]))
+	}
+	if m := socketErrs.FindSubmatch(out); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.Atoi(string(s))
+			r.errors += n
+		}
+	}
+	return r, nil
+}
+
+var hitLine = regexp.MustCompile(`(?m)^sidecache_requests_total\{entity="items",outcome="hit"\} (\S+)$`)
+
+// hits reads sidecache's own count of hits, to show the load measured the hit path.
+func hits(addr string) (float64, error) {
+	res, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, err
+	}
+	m := hitLine.FindSubmatch(b)
+	if m == nil {
+		return 0, nil
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+type proc struct{ cmd *exec.Cmd }
+
+func startProc(name string, args ...string) (*proc, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	return &proc{cmd}, nil
+}
+
+func (p *proc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.cmd.Wait()
+}
+
+func waitHTTP(addr string) error {
+	for range 200 {
+		if res, err := http.Get("http://" + addr + "/v1/items/1"); err == nil {
+			res.Body.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not come up", addr)
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func fmtRatios(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf("%.3f", x)
+	}
+	return strings.Join(parts, " ")
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func numCPU() int { return runtime.NumCPU() }
