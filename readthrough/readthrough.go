@@ -166,7 +166,7 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 	b, err := r.cache.Get(ctx, key)
 	e.m.redisGet.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return Result{}, fmt.Errorf("%w: %v", ErrCacheUnavailable, err)
+		return Result{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 	}
 	if res, ok := e.answer(b); ok {
 		return res.orNotFound(e.Name, id)
@@ -210,7 +210,7 @@ func (r *Reader) load(ctx context.Context, e *entity, id, key string) (Result, e
 		// and the start of this flight, and loading again would be a second query for one fill.
 		b, err := r.cache.Get(ctx, key)
 		if err != nil {
-			return Result{}, fmt.Errorf("%w: %v", ErrCacheUnavailable, err)
+			return Result{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 		}
 		if res, ok := e.answer(b); ok {
 			return res.orNotFound(e.Name, id)
@@ -220,7 +220,7 @@ func (r *Reader) load(ctx context.Context, e *entity, id, key string) (Result, e
 		e.m.mysqlLoad.Observe(time.Since(start).Seconds())
 		e.m.dbQueries.Inc()
 		if err != nil {
-			return Result{}, fmt.Errorf("%w: %v", ErrDBUnavailable, err)
+			return Result{}, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
 		}
 		if !found {
 			r.fill(ctx, e, []Entry{e.nullEntry(key)})
@@ -322,7 +322,7 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 	vals, err := r.cache.GetMany(ctx, keys)
 	e.m.redisGetMany.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return Many{}, fmt.Errorf("%w: %v", ErrCacheUnavailable, err)
+		return Many{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 	}
 
 	found := make(map[string][]byte, len(ids))
@@ -344,7 +344,7 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 		e.m.mysqlLoadMany.Observe(time.Since(start).Seconds())
 		e.m.dbQueries.Inc()
 		if err != nil {
-			return Many{}, fmt.Errorf("%w: %v", ErrDBUnavailable, err)
+			return Many{}, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
 		}
 		entries := make([]Entry, 0, len(misses))
 		for _, id := range misses {
