@@ -31,7 +31,8 @@ deps-bench: deps
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk; }
 
 run: deps build
-	$(GO) run ./internal/devstack/cmd/devstack -bin $(BIN) -listen $(LISTEN)
+	$(GO) build -o bin/devstack ./internal/devstack/cmd/devstack
+	exec bin/devstack -bin $(BIN) -listen $(LISTEN)
 
 vet:
 	$(GO) vet ./...
@@ -41,7 +42,8 @@ test: deps vet
 
 # bench-hit compares the hit path with a bare net/http + go-redis handler in one run.
 bench-hit: deps-bench build
-	$(GO) run ./internal/loadtest/hitpath -bin $(BIN)
+	$(GO) build -o bin/hitpath ./internal/loadtest/hitpath
+	bin/hitpath -bin $(BIN)
 
 clean:
 	rm -rf bin

@@ -141,15 +141,6 @@ func CacheKey(prefix, entity, id string) string {
 	return prefix + "{" + entity + ":" + id + "}"
 }
 
-// ParseID validates raw as an id of entity and returns its canonical form.
-func (r *Reader) ParseID(entityName, raw string) (string, error) {
-	e := r.entities[entityName]
-	if e == nil {
-		return "", fmt.Errorf("%w: %q", ErrUnknownEntity, entityName)
-	}
-	return e.Key.Parse(raw, r.maxIDLen)
-}
-
 // Get answers one id. When the row does not exist the error is ErrNotFound and the Result still
 // says where that answer came from (Negative: a null marker; Miss: MySQL).
 func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, error) {

@@ -140,9 +140,6 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 // Handler returns the HTTP API.
 func (s *Sidecar) Handler() http.Handler { return s.handler }
 
-// Reader returns the read path.
-func (s *Sidecar) Reader() *readthrough.Reader { return s.reader }
-
 // Ready reports whether MySQL and Redis both answer.
 func (s *Sidecar) Ready(ctx context.Context) error {
 	if err := s.source.Ping(ctx); err != nil {

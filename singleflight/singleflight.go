@@ -78,6 +78,3 @@ func (g *Group[T]) Do(ctx context.Context, key string, fn func(context.Context) 
 		return v, false, ctx.Err()
 	}
 }
-
-// Forget makes the next Do for key start a new flight even if one is running.
-func (g *Group[T]) Forget(key string) { g.g.Forget(key) }

@@ -267,15 +267,6 @@ func quote(ident string) string { return "`" + strings.ReplaceAll(ident, "`", "`
 // Entity returns the checked entity called name, or nil.
 func (s *Source) Entity(name string) *Entity { return s.entities[name] }
 
-// Entities returns the names of all entities.
-func (s *Source) Entities() []string {
-	names := make([]string, 0, len(s.entities))
-	for n := range s.entities {
-		names = append(names, n)
-	}
-	return names
-}
-
 // Ping checks that MySQL answers.
 func (s *Source) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
