@@ -12,6 +12,13 @@ type Metrics struct {
 	fillErrors   *prometheus.CounterVec
 	sharedLoads  *prometheus.CounterVec
 	badEnvelopes *prometheus.CounterVec
+
+	leases           *prometheus.CounterVec
+	leaseWaits       *prometheus.CounterVec
+	leaseWaitSeconds *prometheus.HistogramVec
+	fallbacks        *prometheus.CounterVec
+	staleServes      *prometheus.CounterVec
+	refreshes        *prometheus.CounterVec
 }
 
 // NewMetrics creates the read path's metrics and registers them with reg (nil: not registered).
@@ -42,10 +49,31 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		badEnvelopes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecache_cache_values_unreadable_total", Help: "Cached values in an unknown format, treated as misses.",
 		}, []string{"entity"}),
+		leases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_lease_total",
+			Help: "Load leases by result: acquired, contended (another holds it), lost (voided or lapsed before the fill).",
+		}, []string{"entity", "result"}),
+		leaseWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_lease_waits_total", Help: "Misses that waited for another caller's load.",
+		}, []string{"entity"}),
+		leaseWaitSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sidecache_lease_wait_seconds", Help: "How long misses waited for another caller's load.", Buckets: latency,
+		}, []string{"entity"}),
+		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_fallbacks_total", Help: "Misses that gave up waiting for another's load, by fallback: load or unavailable.",
+		}, []string{"entity", "mode"}),
+		staleServes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_stale_serves_total", Help: "Hot values served past their soft deadline.",
+		}, []string{"entity"}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_refreshes_total",
+			Help: "Background refreshes of stale hot values by result: refreshed, fresh (already done elsewhere), contended, dropped, error.",
+		}, []string{"entity", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.redisSeconds, m.mysqlSeconds, m.dbQueries, m.fills, m.nullMarkers,
-			m.fillErrors, m.sharedLoads, m.badEnvelopes)
+			m.fillErrors, m.sharedLoads, m.badEnvelopes, m.leases, m.leaseWaits, m.leaseWaitSeconds,
+			m.fallbacks, m.staleServes, m.refreshes)
 	}
 	return m
 }
@@ -58,6 +86,13 @@ type entityMetrics struct {
 	dbQueries, fills, nullMarkers    prometheus.Counter
 	fillErrors, sharedLoads          prometheus.Counter
 	badEnvelopes                     prometheus.Counter
+
+	redisProbe                                     prometheus.Observer
+	leaseAcquired, leaseContended, leaseLost       prometheus.Counter
+	leaseWaits                                     prometheus.Counter
+	leaseWaitSeconds                               prometheus.Observer
+	fallbackLoad, fallbackUnavailable, staleServes prometheus.Counter
+	refreshes                                      *prometheus.CounterVec // curried by entity
 }
 
 func (m *Metrics) forEntity(name string) entityMetrics {
@@ -73,5 +108,16 @@ func (m *Metrics) forEntity(name string) entityMetrics {
 		fillErrors:    m.fillErrors.WithLabelValues(name),
 		sharedLoads:   m.sharedLoads.WithLabelValues(name),
 		badEnvelopes:  m.badEnvelopes.WithLabelValues(name),
+
+		redisProbe:          m.redisSeconds.WithLabelValues("probe"),
+		leaseAcquired:       m.leases.WithLabelValues(name, "acquired"),
+		leaseContended:      m.leases.WithLabelValues(name, "contended"),
+		leaseLost:           m.leases.WithLabelValues(name, "lost"),
+		leaseWaits:          m.leaseWaits.WithLabelValues(name),
+		leaseWaitSeconds:    m.leaseWaitSeconds.WithLabelValues(name),
+		fallbackLoad:        m.fallbacks.WithLabelValues(name, "load"),
+		fallbackUnavailable: m.fallbacks.WithLabelValues(name, "unavailable"),
+		staleServes:         m.staleServes.WithLabelValues(name),
+		refreshes:           m.refreshes.MustCurryWith(prometheus.Labels{"entity": name}),
 	}
 }

@@ -1,14 +1,18 @@
 // Package readthrough is sidecache's read path: look the entity up in Redis, answer null
-// markers as "not found", load misses from MySQL once per key, and fill the cache with jittered
-// TTLs so that keys filled together do not expire together.
+// markers as "not found", load misses from MySQL once per key across the cluster (an in-process
+// flight, then a Redis lease), and fill the cache with jittered TTLs so that keys filled
+// together do not expire together. Hot entities expire logically: past a soft deadline the
+// stale value is served while one background refresh runs.
 package readthrough
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/sidecache/sidecache/internal/mysqlsource"
@@ -25,6 +29,20 @@ var (
 	ErrCacheUnavailable = errors.New("cache unavailable")
 	// ErrDBUnavailable wraps a MySQL failure while loading a miss.
 	ErrDBUnavailable = errors.New("database unavailable")
+	// ErrWaitTimeout: another caller held the load lease past the wait bound and the fallback
+	// is FallbackUnavailable.
+	ErrWaitTimeout = errors.New("timed out waiting for another load")
+)
+
+// Fallback is what a caller does when another's load holds the lease past the wait bound.
+type Fallback int
+
+const (
+	// FallbackLoad loads from MySQL directly, behind a per-process concurrency limit, and does
+	// not fill the cache (X-Cache: bypass).
+	FallbackLoad Fallback = iota
+	// FallbackUnavailable answers ErrWaitTimeout.
+	FallbackUnavailable
 )
 
 // Status says where an answer came from; it is the X-Cache header.
@@ -54,6 +72,11 @@ type Entity struct {
 	// TTL and NullTTL are spread by ±Jitter (a fraction in [0, 1)).
 	TTL, NullTTL time.Duration
 	Jitter       float64
+	// Hot entities expire logically: a value carries a soft deadline TTL±Jitter from its fill
+	// and lives StaleTTL longer in Redis, and a read past the deadline is served stale while
+	// one background refresh runs.
+	Hot      bool
+	StaleTTL time.Duration
 }
 
 // Options configure a Reader. Cache, Source and Entities are required.
@@ -70,6 +93,19 @@ type Options struct {
 	// LoadTimeout bounds a miss: waiting for the flight, the load and the fill. Default 5s.
 	// (A hit is one cache call, bounded by the cache client's own timeouts.)
 	LoadTimeout time.Duration
+	// Leases make one load per key hold across processes. Nil: in-process flights only.
+	Leases *singleflight.Leases
+	// LeaseWait bounds how long a caller waits for another's load before Fallback. Default 2s.
+	LeaseWait time.Duration
+	// Fallback after LeaseWait. Default FallbackLoad.
+	Fallback Fallback
+	// FallbackConcurrency caps direct loads by FallbackLoad in this process. Default 4.
+	FallbackConcurrency int
+	// MaxRefreshes caps concurrent background refreshes of stale hot values. Default 16.
+	MaxRefreshes int
+	// AfterLoad, if set, runs after rows are read from MySQL and before they are cached. Tests
+	// use it to interleave a write with a load.
+	AfterLoad func(ids []string)
 	// Metrics; nil: unregistered metrics.
 	Metrics *Metrics
 	// Logger; nil: slog.Default().
@@ -87,6 +123,16 @@ type Reader struct {
 	log      *slog.Logger
 	entities map[string]*entity
 	flights  singleflight.Group[Result]
+
+	leases    *singleflight.Leases
+	wait      time.Duration
+	fallback  Fallback
+	direct    chan struct{} // FallbackLoad's concurrency limit
+	afterLoad func(ids []string)
+
+	refreshSlots chan struct{} // background refresh concurrency limit
+	refreshing   sync.Map      // cache key → struct{}: refreshes running in this process
+	refreshWG    sync.WaitGroup
 }
 
 type entity struct {
@@ -112,7 +158,17 @@ func New(opts Options) *Reader {
 		timeout:  opts.LoadTimeout,
 		log:      opts.Logger,
 		entities: make(map[string]*entity, len(opts.Entities)),
+
+		leases:    opts.Leases,
+		wait:      opts.LeaseWait,
+		fallback:  opts.Fallback,
+		afterLoad: opts.AfterLoad,
 	}
+	if r.wait <= 0 {
+		r.wait = 2 * time.Second
+	}
+	r.direct = make(chan struct{}, cmp.Or(opts.FallbackConcurrency, 4))
+	r.refreshSlots = make(chan struct{}, cmp.Or(opts.MaxRefreshes, 16))
 	if r.maxIDs <= 0 {
 		r.maxIDs = 100
 	}
@@ -130,9 +186,17 @@ func New(opts Options) *Reader {
 		m = NewMetrics(nil)
 	}
 	for _, e := range opts.Entities {
+		if e.Hot && e.StaleTTL <= 0 {
+			e.StaleTTL = e.TTL
+		}
 		r.entities[e.Name] = &entity{Entity: e, m: m.forEntity(e.Name)}
 	}
 	return r
+}
+
+// Close waits for background refreshes to end.
+func (r *Reader) Close() {
+	r.refreshWG.Wait()
 }
 
 // CacheKey is the Redis key of an entity's row: prefix{entity:id}. The braces are a Redis
@@ -160,6 +224,9 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 		return Result{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 	}
 	if res, ok := e.answer(b); ok {
+		if res.Status == Stale {
+			r.refresh(e, id, key)
+		}
 		return res.orNotFound(e.Name, id)
 	}
 	return r.load(ctx, e, id, key)
@@ -178,6 +245,10 @@ func (e *entity) answer(b []byte) (res Result, ok bool) {
 	if env.kind == kindNull {
 		return Result{Status: Negative}, true
 	}
+	if !env.deadline.IsZero() && time.Now().After(env.deadline) {
+		e.m.staleServes.Inc()
+		return Result{Body: env.body, Status: Stale}, true
+	}
 	return Result{Body: env.body, Status: Hit}, true
 }
 
@@ -189,69 +260,18 @@ func (res Result) orNotFound(entity, id string) (Result, error) {
 	return res, nil
 }
 
-// load runs one flight per key in this process.
-func (r *Reader) load(ctx context.Context, e *entity, id, key string) (Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	res, shared, err := r.flights.Do(ctx, key, func(ctx context.Context) (Result, error) {
-		// The flight outlives any one caller's cancellation, but not its own bound.
-		ctx, cancel := context.WithTimeout(ctx, r.timeout)
-		defer cancel()
-		// Re-check the cache: a flight for this key may have filled it and ended between our GET
-		// and the start of this flight, and loading again would be a second query for one fill.
-		b, err := r.cache.Get(ctx, key)
-		if err != nil {
-			return Result{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
-		}
-		if res, ok := e.answer(b); ok {
-			return res.orNotFound(e.Name, id)
-		}
-		start := time.Now()
-		row, found, err := r.source.Load(ctx, e.Name, id)
-		e.m.mysqlLoad.Observe(time.Since(start).Seconds())
-		e.m.dbQueries.Inc()
-		if err != nil {
-			return Result{}, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
-		}
-		if !found {
-			r.fill(ctx, e, []Entry{e.nullEntry(key)})
-			return Result{Status: Miss}.orNotFound(e.Name, id)
-		}
-		r.fill(ctx, e, []Entry{e.valueEntry(key, row)})
-		return Result{Body: row, Status: Miss}, nil
-	})
-	if shared {
-		e.m.sharedLoads.Inc()
-	}
-	return res, err
-}
-
 func (e *entity) valueEntry(key string, row []byte) Entry {
-	return Entry{Key: key, Value: encodeEnvelope(kindValue, time.Time{}, row), TTL: Jitter(e.TTL, e.Jitter)}
+	ttl := Jitter(e.TTL, e.Jitter)
+	if !e.Hot {
+		return Entry{Key: key, Value: encodeEnvelope(kindValue, time.Time{}, row), TTL: ttl}
+	}
+	// Logical expiry: the soft deadline is jittered, and the value outlives it by StaleTTL so
+	// that reads past the deadline are served while the refresh runs.
+	return Entry{Key: key, Value: encodeEnvelope(kindValue, time.Now().Add(ttl), row), TTL: ttl + e.StaleTTL}
 }
 
 func (e *entity) nullEntry(key string) Entry {
 	return Entry{Key: key, Value: encodeEnvelope(kindNull, time.Time{}, nil), TTL: Jitter(e.NullTTL, e.Jitter)}
-}
-
-// fill writes loaded rows and null markers. A failed fill is logged and counted, not returned:
-// the caller already has the right answer from MySQL.
-func (r *Reader) fill(ctx context.Context, e *entity, entries []Entry) {
-	start := time.Now()
-	err := r.cache.SetMany(ctx, entries)
-	e.m.redisSet.Observe(time.Since(start).Seconds())
-	if err != nil {
-		e.m.fillErrors.Add(float64(len(entries)))
-		r.log.Warn("cache fill failed", "entity", e.Name, "keys", len(entries), "err", err)
-		return
-	}
-	for _, en := range entries {
-		if en.Value[1] == kindNull {
-			e.m.nullMarkers.Inc()
-		} else {
-			e.m.fills.Inc()
-		}
-	}
 }
 
 // Jitter returns d spread uniformly over d·(1 ± j), and at least a millisecond.
@@ -268,7 +288,8 @@ type Many struct {
 	Items []Item
 	// Missing are the canonical ids with no row, in the order first asked for.
 	Missing []string
-	// Status is Hit when every id was answered by the cache, Miss when any went to MySQL.
+	// Status is Miss when any id went to MySQL, else Bypass when any was loaded without the
+	// cache, else Stale when any was served past its soft deadline, else Hit.
 	Status Status
 }
 
@@ -316,45 +337,45 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 		return Many{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 	}
 
-	found := make(map[string][]byte, len(ids))
+	out := Many{Status: Hit}
+	results := make(map[string]Result, len(ids))
 	var misses []string
 	for i, id := range ids {
-		res, ok := e.answer(vals[i])
-		switch {
-		case !ok:
+		if res, ok := e.answer(vals[i]); ok {
+			results[id] = res
+			if res.Status == Stale {
+				r.refresh(e, id, keys[i])
+			}
+		} else {
 			misses = append(misses, id)
-		case res.Body != nil:
-			found[id] = res.Body
 		}
 	}
-	out := Many{Status: Hit}
 	if len(misses) > 0 {
-		out.Status = Miss
-		start := time.Now()
-		rows, err := r.source.LoadMany(ctx, e.Name, misses)
-		e.m.mysqlLoadMany.Observe(time.Since(start).Seconds())
-		e.m.dbQueries.Inc()
+		loaded, err := r.loadMisses(ctx, e, misses)
 		if err != nil {
-			return Many{}, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
+			return Many{}, err
 		}
-		entries := make([]Entry, 0, len(misses))
-		for _, id := range misses {
-			key := CacheKey(r.prefix, e.Name, id)
-			if row, ok := rows[id]; ok {
-				found[id] = row
-				entries = append(entries, e.valueEntry(key, row))
-			} else {
-				entries = append(entries, e.nullEntry(key))
-			}
+		for id, res := range loaded {
+			results[id] = res
 		}
-		r.fill(ctx, e, entries)
 	}
 	for _, id := range ids {
-		if row, ok := found[id]; ok {
-			out.Items = append(out.Items, Item{ID: id, Body: row})
+		res := results[id]
+		out.Status = worse(out.Status, res.Status)
+		if res.Body != nil {
+			out.Items = append(out.Items, Item{ID: id, Body: res.Body})
 		} else {
 			out.Missing = append(out.Missing, id)
 		}
 	}
 	return out, nil
+}
+
+// worse returns the status a multi-get reports: the one furthest from a plain hit.
+func worse(a, b Status) Status {
+	rank := map[Status]int{Hit: 0, Negative: 0, Stale: 1, Bypass: 2, Miss: 3}
+	if rank[b] > rank[a] {
+		return b
+	}
+	return a
 }

@@ -175,6 +175,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusServiceUnavailable, "cache_unavailable"
 	case errors.Is(err, readthrough.ErrDBUnavailable):
 		return http.StatusServiceUnavailable, "db_unavailable"
+	case errors.Is(err, readthrough.ErrWaitTimeout):
+		return http.StatusServiceUnavailable, "wait_timeout"
 	}
 	return http.StatusInternalServerError, "internal"
 }

@@ -26,7 +26,7 @@ type entityHTTPMetrics struct {
 // outcomes are the values of the outcome label: cache statuses, then error codes.
 var outcomes = []string{"hit", "miss", "negative", "stale", "bypass", "not_found", "unknown_entity",
 	"invalid_id", "too_many_ids", "method_not_allowed", "timeout", "canceled", "cache_unavailable",
-	"db_unavailable", "internal"}
+	"db_unavailable", "wait_timeout", "internal"}
 
 func newHTTPMetrics(reg prometheus.Registerer, entityNames []string) *httpMetrics {
 	m := &httpMetrics{

@@ -19,6 +19,7 @@ import (
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/readthrough"
+	"github.com/sidecache/sidecache/singleflight"
 )
 
 // Options configure New. Config is required.
@@ -63,9 +64,6 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		return nil, fmt.Errorf("%w: cdc.enabled: the binlog tail is not part of this build yet; set it to false", config.ErrInvalid)
 	}
 	for _, e := range cfg.Entities {
-		if e.Hot {
-			log.Warn("hot: logical expiry is not part of this build yet; the entity uses hard expiry", "entity", e.Name)
-		}
 		if e.Bloom.Enabled {
 			log.Warn("bloom: the Bloom filter is not part of this build yet; the guard stays open", "entity", e.Name)
 		}
@@ -105,11 +103,20 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		se := source.Entity(ce.Name)
 		entities = append(entities, readthrough.Entity{
 			Name: ce.Name, Key: se.Key, TTL: ce.TTL.D(), NullTTL: ce.NullTTL.D(), Jitter: *ce.TTLJitter,
+			Hot: ce.Hot, StaleTTL: ce.StaleTTL.D(),
 		})
 		names = append(names, ce.Name)
 		log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
 	}
 	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source}
+	var leases *singleflight.Leases
+	if *cfg.Lease.Enabled {
+		leases = singleflight.NewLeases(rc, cfg.Lease.TTL.D())
+	}
+	fallback := readthrough.FallbackLoad
+	if cfg.Lease.Fallback == "unavailable" {
+		fallback = readthrough.FallbackUnavailable
+	}
 	s.reader = readthrough.New(readthrough.Options{
 		Cache:       readthrough.NewRedisCache(rc),
 		Source:      source,
@@ -118,8 +125,13 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		MaxIDs:      cfg.Limits.MaxIDs,
 		MaxIDLength: cfg.Limits.MaxIDLength,
 		LoadTimeout: cfg.Limits.RequestTimeout.D(),
-		Metrics:     readthrough.NewMetrics(reg),
-		Logger:      log,
+		Leases:      leases,
+		LeaseWait:   cfg.Lease.Wait.D(),
+		Fallback:    fallback,
+
+		FallbackConcurrency: cfg.Lease.FallbackConcurrency,
+		Metrics:             readthrough.NewMetrics(reg),
+		Logger:              log,
 	})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sidecache_build_info", Help: "Always 1; the version label says which build runs.",
@@ -194,8 +206,9 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// Close releases connections.
+// Close waits for background refreshes and releases connections.
 func (s *Sidecar) Close() error {
+	s.reader.Close()
 	s.source.Close()
 	return errors.Join(s.redis.Close(), s.db.Close())
 }

@@ -34,6 +34,7 @@ type Config struct {
 
 	MySQL    MySQL    `yaml:"mysql"`
 	Redis    Redis    `yaml:"redis"`
+	Lease    Lease    `yaml:"lease"`
 	Kafka    Kafka    `yaml:"kafka"`
 	CDC      CDC      `yaml:"cdc"`
 	Entities []Entity `yaml:"entities"`
@@ -84,6 +85,23 @@ type Redis struct {
 	PoolSize int `yaml:"pool_size"`
 }
 
+// Lease configures the cluster-wide load lease: one MySQL query per key per fill across every
+// sidecar, and fills that land only while their loader still holds the lease.
+type Lease struct {
+	// Enabled turns the lease on. Default true; false leaves in-process flights only.
+	Enabled *bool `yaml:"enabled"`
+	// TTL is the lease period. A holder renews it every TTL/3 while loading; a crashed holder
+	// frees the key within TTL. Default 3s.
+	TTL Duration `yaml:"ttl"`
+	// Wait bounds how long a miss waits for another sidecar's load. Default 2s.
+	Wait Duration `yaml:"wait"`
+	// Fallback after Wait: "load" reads MySQL directly without filling the cache (X-Cache:
+	// bypass), "unavailable" answers 503. Default "load".
+	Fallback string `yaml:"fallback"`
+	// FallbackConcurrency caps direct loads by the fallback in one process. Default 4.
+	FallbackConcurrency int `yaml:"fallback_concurrency"`
+}
+
 // Kafka configures the retry path for failed deletes.
 type Kafka struct {
 	// Brokers of the Kafka cluster. Default none: failed deletes are retried in process.
@@ -119,8 +137,12 @@ type Entity struct {
 	TTLJitter *float64 `yaml:"ttl_jitter"`
 	// NullTTL of a cached "no such row" marker. Default 1m.
 	NullTTL Duration `yaml:"null_ttl"`
-	// Hot entities use logical expiry instead of hard expiry. Default false.
+	// Hot entities use logical expiry: past a soft deadline of ttl ± jitter the stale value is
+	// served while one background refresh runs. Default false.
 	Hot bool `yaml:"hot"`
+	// StaleTTL is how long past its soft deadline a hot value stays in Redis to be served while
+	// it is refreshed; its hard TTL is the soft one plus this. Default: ttl.
+	StaleTTL Duration `yaml:"stale_ttl"`
 	// Bloom configures the penetration guard.
 	Bloom Bloom `yaml:"bloom"`
 }
@@ -243,6 +265,10 @@ const (
 	DefaultTTL             = 10 * time.Minute
 	DefaultTTLJitter       = 0.1
 	DefaultNullTTL         = time.Minute
+	DefaultLeaseTTL        = 3 * time.Second
+	DefaultLeaseWait       = 2 * time.Second
+	DefaultFallback        = "load"
+	DefaultFallbackConc    = 4
 	DefaultExpectedItems   = 1_000_000
 	DefaultFPRate          = 0.01
 )
@@ -262,6 +288,14 @@ func (c *Config) applyDefaults() {
 	}
 	setDefault(&c.Redis.KeyPrefix, DefaultKeyPrefix)
 	setDefault(&c.Redis.Timeout, Duration(DefaultRedisTimeout))
+	if c.Lease.Enabled == nil {
+		on := true
+		c.Lease.Enabled = &on
+	}
+	setDefault(&c.Lease.TTL, Duration(DefaultLeaseTTL))
+	setDefault(&c.Lease.Wait, Duration(DefaultLeaseWait))
+	setDefault(&c.Lease.Fallback, DefaultFallback)
+	setDefault(&c.Lease.FallbackConcurrency, DefaultFallbackConc)
 	setDefault(&c.CDC.Flavor, DefaultFlavor)
 	setDefault(&c.CDC.ServerID, DefaultServerID)
 	setDefault(&c.CDC.DoubleDeleteDelay, Duration(DefaultDoubleDelete))
@@ -270,6 +304,7 @@ func (c *Config) applyDefaults() {
 		setDefault(&e.Table, e.Name)
 		setDefault(&e.TTL, Duration(DefaultTTL))
 		setDefault(&e.NullTTL, Duration(DefaultNullTTL))
+		setDefault(&e.StaleTTL, e.TTL)
 		if e.TTLJitter == nil {
 			j := DefaultTTLJitter
 			e.TTLJitter = &j
@@ -347,6 +382,20 @@ func (c *Config) validate() error {
 	if c.Redis.PoolSize < 0 {
 		return bad("redis.pool_size", "must not be negative")
 	}
+	if c.Lease.TTL.D() < 30*time.Millisecond {
+		return bad("lease.ttl", "%v is too short to renew (at least 30ms)", c.Lease.TTL.D())
+	}
+	if c.Lease.Wait <= 0 {
+		return bad("lease.wait", "must be positive")
+	}
+	switch c.Lease.Fallback {
+	case "load", "unavailable":
+	default:
+		return bad("lease.fallback", "%q is not one of load, unavailable", c.Lease.Fallback)
+	}
+	if c.Lease.FallbackConcurrency < 1 {
+		return bad("lease.fallback_concurrency", "must be at least 1")
+	}
 	switch c.CDC.Flavor {
 	case "mysql", "mariadb":
 	default:
@@ -394,6 +443,9 @@ func (c *Config) validate() error {
 		}
 		if e.NullTTL <= 0 {
 			return bad(field("null_ttl"), "must be positive")
+		}
+		if e.StaleTTL <= 0 {
+			return bad(field("stale_ttl"), "must be positive")
 		}
 		if j := *e.TTLJitter; !(j >= 0 && j < 1) {
 			return bad(field("ttl_jitter"), "%v is outside [0, 1)", j)

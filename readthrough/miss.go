@@ -1,0 +1,354 @@
+package readthrough
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/sidecache/sidecache/singleflight"
+)
+
+// load answers one id that missed: concurrent misses for the key in this process share one
+// flight, and the flight takes the cluster-wide lease.
+func (r *Reader) load(ctx context.Context, e *entity, id, key string) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	res, shared, err := r.flights.Do(ctx, key, func(ctx context.Context) (Result, error) {
+		// The flight outlives any one caller's cancellation, but not its own bound.
+		ctx, cancel := context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+		results, err := r.loadMisses(ctx, e, []string{id})
+		if err != nil {
+			return Result{}, err
+		}
+		return results[id].orNotFound(e.Name, id)
+	})
+	if shared {
+		e.m.sharedLoads.Inc()
+	}
+	return res, err
+}
+
+// loadMisses answers ids that missed the cache, each as a Result: Miss when this caller loaded
+// it, Hit or Negative when another caller's fill answered it, Stale for a stale hot value,
+// Bypass when the fallback loaded it without the cache.
+func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[string]Result, error) {
+	if r.leases == nil {
+		return r.loadUnleased(ctx, e, ids)
+	}
+	results := make(map[string]Result, len(ids))
+	keyOf := func(id string) string { return CacheKey(r.prefix, e.Name, id) }
+	var waitStart time.Time
+	backoff := 2 * time.Millisecond
+	pending := ids
+	for {
+		keys := make([]string, len(pending))
+		for i, id := range pending {
+			keys[i] = keyOf(id)
+		}
+		// One round trip: the value if one has landed since our GET, else the lease. Reading
+		// the value again here closes the race with a fill that ended between the two.
+		start := time.Now()
+		probes, err := r.leases.Probe(ctx, keys)
+		e.m.redisProbe.Observe(time.Since(start).Seconds())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+		}
+		var held []*singleflight.Lease
+		var heldIDs, contended []string
+		for i, p := range probes {
+			id := pending[i]
+			switch p.State {
+			case singleflight.Found:
+				res, ok := e.answer(p.Value)
+				if !ok {
+					// A value this build cannot read: clear it, and take the lease next round.
+					r.leases.Invalidate(ctx, keys[i])
+					contended = append(contended, id)
+					continue
+				}
+				results[id] = res
+				if res.Status == Stale {
+					r.refresh(e, id, keys[i])
+				}
+			case singleflight.Acquired:
+				e.m.leaseAcquired.Inc()
+				held = append(held, p.Lease)
+				heldIDs = append(heldIDs, id)
+			default:
+				e.m.leaseContended.Inc()
+				contended = append(contended, id)
+			}
+		}
+		if len(held) > 0 {
+			if err := r.loadHeld(ctx, e, heldIDs, held, results); err != nil {
+				return nil, err
+			}
+		}
+		if len(contended) == 0 {
+			break
+		}
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+			e.m.leaseWaits.Inc()
+		}
+		if time.Since(waitStart) >= r.wait {
+			if err := r.fallBack(ctx, e, contended, results); err != nil {
+				return nil, err
+			}
+			break
+		}
+		// Wait for the holder's fill with jittered exponential backoff, so waiters across the
+		// cluster do not poll Redis in step.
+		sleep := backoff/2 + rand.N(backoff)
+		select {
+		case <-ctx.Done():
+			e.m.leaseWaitSeconds.Observe(time.Since(waitStart).Seconds())
+			return nil, ctx.Err()
+		case <-time.After(sleep):
+		}
+		backoff = min(2*backoff, 50*time.Millisecond)
+		pending = contended
+	}
+	if !waitStart.IsZero() {
+		e.m.leaseWaitSeconds.Observe(time.Since(waitStart).Seconds())
+	}
+	return results, nil
+}
+
+// loadHeld loads ids whose leases the caller holds, keeps the leases alive meanwhile, and
+// fills the cache where the leases are still held. A failed load releases the leases and
+// caches nothing.
+func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases []*singleflight.Lease, results map[string]Result) error {
+	keep := r.leases.Keep(leases)
+	rows, err := r.sourceLoad(ctx, e, ids)
+	if r.afterLoad != nil {
+		r.afterLoad(ids)
+	}
+	if !keep() {
+		e.m.leaseLost.Inc()
+	}
+	if err != nil {
+		r.leases.Release(leases)
+		return err
+	}
+	fills := make([]singleflight.Fill, len(ids))
+	for i, id := range ids {
+		var en Entry
+		if row, ok := rows[id]; ok {
+			en = e.valueEntry(leases[i].Key, row)
+			results[id] = Result{Body: row, Status: Miss}
+		} else {
+			en = e.nullEntry(leases[i].Key)
+			results[id] = Result{Status: Miss}
+		}
+		fills[i] = singleflight.Fill{Lease: leases[i], Value: en.Value, TTL: en.TTL}
+	}
+	start := time.Now()
+	landed, err := r.leases.Fill(ctx, fills)
+	e.m.redisSet.Observe(time.Since(start).Seconds())
+	if err != nil {
+		// The answer is right; the leases lapse by themselves within one period.
+		e.m.fillErrors.Add(float64(len(fills)))
+		r.log.Warn("cache fill failed", "entity", e.Name, "keys", len(fills), "err", err)
+		return nil
+	}
+	for i, ok := range landed {
+		switch {
+		case !ok:
+			// The lease was voided (an invalidation deleted the key) or lapsed: what we read
+			// may be older than the write that voided it, so it must not land.
+			e.m.leaseLost.Inc()
+		case fills[i].Value[1] == kindNull:
+			e.m.nullMarkers.Inc()
+		default:
+			e.m.fills.Inc()
+		}
+	}
+	return nil
+}
+
+// loadUnleased is the miss path without leases: in-process flights only.
+func (r *Reader) loadUnleased(ctx context.Context, e *entity, ids []string) (map[string]Result, error) {
+	results := make(map[string]Result, len(ids))
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = CacheKey(r.prefix, e.Name, id)
+	}
+	// Re-check the cache: a flight for these keys may have filled them and ended between our
+	// GET and the start of this one, and loading again would be a second query for one fill.
+	vals, err := r.cache.GetMany(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+	}
+	var missIDs []string
+	for i, id := range ids {
+		if res, ok := e.answer(vals[i]); ok {
+			results[id] = res
+		} else {
+			missIDs = append(missIDs, id)
+		}
+	}
+	if len(missIDs) == 0 {
+		return results, nil
+	}
+	rows, err := r.sourceLoad(ctx, e, missIDs)
+	if r.afterLoad != nil {
+		r.afterLoad(missIDs)
+	}
+	if err != nil {
+		return nil, err
+	}
+	entries := make([]Entry, 0, len(missIDs))
+	for _, id := range missIDs {
+		key := CacheKey(r.prefix, e.Name, id)
+		if row, ok := rows[id]; ok {
+			results[id] = Result{Body: row, Status: Miss}
+			entries = append(entries, e.valueEntry(key, row))
+		} else {
+			results[id] = Result{Status: Miss}
+			entries = append(entries, e.nullEntry(key))
+		}
+	}
+	r.fill(ctx, e, entries)
+	return results, nil
+}
+
+// fallBack answers ids whose lease another caller held past the wait bound.
+func (r *Reader) fallBack(ctx context.Context, e *entity, ids []string, results map[string]Result) error {
+	if r.fallback == FallbackUnavailable {
+		e.m.fallbackUnavailable.Inc()
+		return fmt.Errorf("%w: %d ids after %v", ErrWaitTimeout, len(ids), r.wait)
+	}
+	e.m.fallbackLoad.Inc()
+	select {
+	case r.direct <- struct{}{}:
+		defer func() { <-r.direct }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// No fill: without the lease a fill could put back a row older than a concurrent write.
+	rows, err := r.sourceLoad(ctx, e, ids)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		results[id] = Result{Body: rows[id], Status: Bypass}
+	}
+	return nil
+}
+
+// sourceLoad reads rows with one query.
+func (r *Reader) sourceLoad(ctx context.Context, e *entity, ids []string) (map[string][]byte, error) {
+	start := time.Now()
+	defer e.m.dbQueries.Inc()
+	if len(ids) == 1 {
+		row, found, err := r.source.Load(ctx, e.Name, ids[0])
+		e.m.mysqlLoad.Observe(time.Since(start).Seconds())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
+		}
+		if !found {
+			return map[string][]byte{}, nil
+		}
+		return map[string][]byte{ids[0]: row}, nil
+	}
+	rows, err := r.source.LoadMany(ctx, e.Name, ids)
+	e.m.mysqlLoadMany.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
+	}
+	return rows, nil
+}
+
+// fill writes loaded rows and null markers without a lease. A failed fill is logged and
+// counted, not returned: the caller already has the right answer from MySQL.
+func (r *Reader) fill(ctx context.Context, e *entity, entries []Entry) {
+	start := time.Now()
+	err := r.cache.SetMany(ctx, entries)
+	e.m.redisSet.Observe(time.Since(start).Seconds())
+	if err != nil {
+		e.m.fillErrors.Add(float64(len(entries)))
+		r.log.Warn("cache fill failed", "entity", e.Name, "keys", len(entries), "err", err)
+		return
+	}
+	for _, en := range entries {
+		if en.Value[1] == kindNull {
+			e.m.nullMarkers.Inc()
+		} else {
+			e.m.fills.Inc()
+		}
+	}
+}
+
+// refresh reloads a stale hot value in the background, once per key in this process and, with
+// leases, once across the cluster. When every refresh slot is busy it does nothing: the next
+// stale read asks again.
+func (r *Reader) refresh(e *entity, id, key string) {
+	if _, running := r.refreshing.LoadOrStore(key, struct{}{}); running {
+		return
+	}
+	select {
+	case r.refreshSlots <- struct{}{}:
+	default:
+		r.refreshing.Delete(key)
+		e.m.refreshes.WithLabelValues("dropped").Inc()
+		return
+	}
+	r.refreshWG.Add(1)
+	go func() {
+		defer r.refreshWG.Done()
+		defer func() { <-r.refreshSlots }()
+		defer r.refreshing.Delete(key)
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		defer cancel()
+		e.m.refreshes.WithLabelValues(r.refreshOnce(ctx, e, id, key)).Inc()
+	}()
+}
+
+// refreshOnce runs one refresh and names its outcome for the metric.
+func (r *Reader) refreshOnce(ctx context.Context, e *entity, id, key string) string {
+	if r.leases == nil {
+		if _, err := r.loadUnleasedRefresh(ctx, e, id, key); err != nil {
+			r.log.Warn("refresh failed", "entity", e.Name, "id", id, "err", err)
+			return "error"
+		}
+		return "refreshed"
+	}
+	lease, err := r.leases.Acquire(ctx, key)
+	if err != nil {
+		r.log.Warn("refresh failed", "entity", e.Name, "id", id, "err", err)
+		return "error"
+	}
+	if lease == nil {
+		return "contended" // another sidecar is refreshing it
+	}
+	// Re-check under the lease: another sidecar may have refreshed the value between our stale
+	// read and taking the lease, and loading again would be a second query for one deadline.
+	if b, err := r.cache.Get(ctx, key); err == nil {
+		if env, ok := decodeEnvelope(b); ok && env.kind == kindValue && time.Now().Before(env.deadline) {
+			r.leases.Release([]*singleflight.Lease{lease})
+			return "fresh"
+		}
+	}
+	if err := r.loadHeld(ctx, e, []string{id}, []*singleflight.Lease{lease}, map[string]Result{}); err != nil {
+		r.log.Warn("refresh failed", "entity", e.Name, "id", id, "err", err)
+		return "error"
+	}
+	return "refreshed"
+}
+
+// loadUnleasedRefresh reloads one key without a lease.
+func (r *Reader) loadUnleasedRefresh(ctx context.Context, e *entity, id, key string) (Result, error) {
+	rows, err := r.sourceLoad(ctx, e, []string{id})
+	if err != nil {
+		return Result{}, err
+	}
+	if row, ok := rows[id]; ok {
+		r.fill(ctx, e, []Entry{e.valueEntry(key, row)})
+		return Result{Body: row, Status: Miss}, nil
+	}
+	r.fill(ctx, e, []Entry{e.nullEntry(key)})
+	return Result{Status: Miss}, nil
+}

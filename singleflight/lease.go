@@ -1,0 +1,261 @@
+package singleflight
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The lease makes "one load per key" hold across processes. A loader takes the lease for a key
+// with an owner token (SET NX PX), renews it while the load runs, and writes the value only if
+// it still holds the lease (compare-and-set in one script). Deleting a key also deletes its
+// lease, so a loader that read the row before a write cannot put the old value back after the
+// write's invalidation: its fill finds the lease gone, or someone else's, and does nothing.
+//
+// A value key and its lease key share a Redis Cluster hash slot when the value key carries a
+// hash tag ({...}), which every sidecache key does.
+
+// LeaseKey returns the lease key of a value key.
+func LeaseKey(key string) string { return key + ":lease" }
+
+// The scripts run with EVAL rather than EVALSHA: Redis caches them by hash either way, and EVAL
+// cannot fail with NOSCRIPT after a Redis restart or failover, which in a pipeline could not be
+// retried.
+const (
+	// getOrAcquire: KEYS value, lease; ARGV token, lease ms.
+	// Returns {1, value} when there is a value, {2} when this caller now holds the lease, {0}
+	// when another holds it.
+	getOrAcquire = `
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}`
+
+	// fillIfHeld: KEYS value, lease; ARGV token, value, ttl ms. Sets the value and drops the
+	// lease only while the caller holds it; returns 1 if it did.
+	fillIfHeld = `
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0`
+
+	// release: KEYS lease; ARGV token. Deletes the lease only for its owner.
+	release = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`
+
+	// renew: KEYS lease; ARGV token, lease ms. Extends the lease only for its owner.
+	renew = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`
+)
+
+// Leases takes and keeps Redis leases. It is safe for concurrent use.
+type Leases struct {
+	rdb redis.UniversalClient
+	ttl time.Duration
+}
+
+// DefaultLeaseTTL is the lease period when none is given.
+const DefaultLeaseTTL = 3 * time.Second
+
+// NewLeases returns Leases on rdb with lease period ttl (0: DefaultLeaseTTL). A holder renews
+// every ttl/3; a holder that dies frees the key within ttl.
+func NewLeases(rdb redis.UniversalClient, ttl time.Duration) *Leases {
+	if ttl <= 0 {
+		ttl = DefaultLeaseTTL
+	}
+	return &Leases{rdb: rdb, ttl: ttl}
+}
+
+// TTL returns the lease period.
+func (l *Leases) TTL() time.Duration { return l.ttl }
+
+// ProbeState is what a probe found.
+type ProbeState int
+
+const (
+	Contended ProbeState = iota // another caller holds the lease
+	Found                       // the key has a value
+	Acquired                    // the caller now holds the lease
+)
+
+// Probe is the answer for one key.
+type Probe struct {
+	State ProbeState
+	Value []byte // with Found
+	Lease *Lease // with Acquired
+}
+
+// Lease is a held lease on one key.
+type Lease struct {
+	Key   string // the value key
+	token string
+}
+
+func newToken() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Probe reads each key's value or, where there is none, tries to take its lease, in one round
+// trip. A caller that gets Acquired must Fill or Release every lease it got.
+func (l *Leases) Probe(ctx context.Context, keys []string) ([]Probe, error) {
+	ms := strconv.FormatInt(l.ttl.Milliseconds(), 10)
+	tokens := make([]string, len(keys))
+	cmds := make([]*redis.Cmd, len(keys))
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			tokens[i] = newToken()
+			cmds[i] = p.Eval(ctx, getOrAcquire, []string{k, LeaseKey(k)}, tokens[i], ms)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Probe, len(keys))
+	for i, cmd := range cmds {
+		res, err := cmd.Slice()
+		if err != nil || len(res) == 0 {
+			return nil, fmt.Errorf("lease probe of %s: %v %w", keys[i], res, err)
+		}
+		switch code, _ := res[0].(int64); code {
+		case 1:
+			s, _ := res[1].(string)
+			out[i] = Probe{State: Found, Value: []byte(s)}
+		case 2:
+			out[i] = Probe{State: Acquired, Lease: &Lease{Key: keys[i], token: tokens[i]}}
+		default:
+			out[i] = Probe{State: Contended}
+		}
+	}
+	return out, nil
+}
+
+// Acquire tries to take the lease on key whether or not it has a value; nil means another
+// caller holds it. Background refreshes of values that are still there use it.
+func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
+	token := newToken()
+	ok, err := l.rdb.SetNX(ctx, LeaseKey(key), token, l.ttl).Result()
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &Lease{Key: key, token: token}, nil
+}
+
+// Fill is one value to write under a held lease.
+type Fill struct {
+	Lease *Lease
+	Value []byte
+	TTL   time.Duration
+}
+
+// Fill writes each value only if its lease is still held, and drops the lease. held[i] says
+// whether fills[i] landed; a fill that did not land lost its lease, usually to an invalidation.
+func (l *Leases) Fill(ctx context.Context, fills []Fill) (held []bool, err error) {
+	cmds := make([]*redis.Cmd, len(fills))
+	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, f := range fills {
+			cmds[i] = p.Eval(ctx, fillIfHeld, []string{f.Lease.Key, LeaseKey(f.Lease.Key)},
+				f.Lease.token, f.Value, f.TTL.Milliseconds())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	held = make([]bool, len(fills))
+	for i, cmd := range cmds {
+		n, _ := cmd.Int64()
+		held[i] = n == 1
+	}
+	return held, nil
+}
+
+// Release gives up leases without writing anything (after a failed load). It uses its own
+// short deadline, so it runs even when the caller's context has ended.
+func (l *Leases) Release(leases []*Lease) error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.ttl)
+	defer cancel()
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, ls := range leases {
+			p.Eval(ctx, release, []string{LeaseKey(ls.Key)}, ls.token)
+		}
+		return nil
+	})
+	return err
+}
+
+// Invalidate deletes keys and their leases: the "delete" of update-then-delete. A loader that
+// read a row before the write can no longer fill it.
+func (l *Leases) Invalidate(ctx context.Context, keys ...string) error {
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Del(ctx, k, LeaseKey(k)) // one slot: the lease key shares the value key's hash tag
+		}
+		return nil
+	})
+	return err
+}
+
+// Keep renews leases every ttl/3 until the returned stop is called; stop waits for the
+// watchdog to end and reports whether every lease was kept throughout. A load that outlives
+// the lease period keeps its lease this way, and a crashed holder's lease lapses within ttl.
+func (l *Leases) Keep(leases []*Lease) (stop func() (kept bool)) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	kept := true
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(l.ttl / 3)
+		defer tick.Stop()
+		ms := l.ttl.Milliseconds()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), l.ttl/3)
+			cmds := make([]*redis.Cmd, len(leases))
+			_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i, ls := range leases {
+					cmds[i] = p.Eval(ctx, renew, []string{LeaseKey(ls.Key)}, ls.token, ms)
+				}
+				return nil
+			})
+			cancel()
+			lost := err != nil && !errors.Is(err, redis.Nil)
+			for _, c := range cmds {
+				if n, _ := c.Int64(); n != 1 {
+					lost = true
+				}
+			}
+			if lost {
+				mu.Lock()
+				kept = false
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() bool {
+		close(done)
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return kept
+	}
+}
