@@ -126,7 +126,7 @@ func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases [
 	if r.afterLoad != nil {
 		r.afterLoad(ids)
 	}
-	if !keep() {
+	if !keep.Stop() {
 		e.m.leaseLost.Inc()
 	}
 	if err != nil {

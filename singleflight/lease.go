@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -209,23 +208,27 @@ func (l *Leases) Invalidate(ctx context.Context, keys ...string) error {
 	return err
 }
 
-// Keep renews leases every ttl/3 until the returned stop is called; stop waits for the
-// watchdog to end and reports whether every lease was kept throughout. A load that outlives
-// the lease period keeps its lease this way, and a crashed holder's lease lapses within ttl.
-func (l *Leases) Keep(leases []*Lease) (stop func() (kept bool)) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	kept := true
-	wg.Add(1)
+// Keeper renews held leases in the background until stopped.
+type Keeper struct {
+	done     chan struct{}
+	lost     chan struct{}
+	lostOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+// Keep renews leases every ttl/3 until Stop. A load that outlives the lease period keeps its
+// lease this way, and a crashed holder's lease lapses within ttl.
+func (l *Leases) Keep(leases []*Lease) *Keeper {
+	k := &Keeper{done: make(chan struct{}), lost: make(chan struct{})}
+	k.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer k.wg.Done()
 		tick := time.NewTicker(l.ttl / 3)
 		defer tick.Stop()
 		ms := l.ttl.Milliseconds()
 		for {
 			select {
-			case <-done:
+			case <-k.done:
 				return
 			case <-tick.C:
 			}
@@ -238,24 +241,32 @@ func (l *Leases) Keep(leases []*Lease) (stop func() (kept bool)) {
 				return nil
 			})
 			cancel()
-			lost := err != nil && !errors.Is(err, redis.Nil)
+			lost := err != nil
 			for _, c := range cmds {
 				if n, _ := c.Int64(); n != 1 {
 					lost = true
 				}
 			}
 			if lost {
-				mu.Lock()
-				kept = false
-				mu.Unlock()
+				k.lostOnce.Do(func() { close(k.lost) })
 			}
 		}
 	}()
-	return func() bool {
-		close(done)
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		return kept
+	return k
+}
+
+// Lost is closed once a renewal finds a lease gone or taken, or cannot reach Redis.
+func (k *Keeper) Lost() <-chan struct{} { return k.lost }
+
+// Stop ends the renewals, waits for the renewer to exit, and reports whether every lease was
+// kept throughout.
+func (k *Keeper) Stop() (kept bool) {
+	close(k.done)
+	k.wg.Wait()
+	select {
+	case <-k.lost:
+		return false
+	default:
+		return true
 	}
 }

@@ -33,6 +33,8 @@ type Options struct {
 	// GeneralLog turns on MariaDB's general query log into mysql.general_log, so that callers
 	// can count the queries the server really received.
 	GeneralLog bool
+	// RedisOnly starts Redis alone, for tests of Redis behaviour.
+	RedisOnly bool
 	// Logf receives progress lines. Default: silent.
 	Logf func(format string, args ...any)
 }
@@ -83,11 +85,12 @@ func (p *proc) stop() {
 	}
 }
 
-// Binaries the stack needs; Missing reports those not on PATH or in /usr/sbin.
-var binaries = []string{"mariadbd", "mariadb-install-db", "redis-server"}
-
 // Missing returns the names of the server binaries that cannot be found.
-func Missing() []string {
+func Missing(redisOnly bool) []string {
+	binaries := []string{"redis-server", "mariadbd", "mariadb-install-db"}
+	if redisOnly {
+		binaries = binaries[:1]
+	}
 	var missing []string
 	for _, b := range binaries {
 		if _, err := lookPath(b); err != nil {
@@ -112,7 +115,7 @@ func lookPath(name string) (string, error) {
 
 // Start initialises and starts MariaDB and Redis and waits until both answer.
 func Start(ctx context.Context, opts Options) (*Stack, error) {
-	if m := Missing(); len(m) > 0 {
+	if m := Missing(opts.RedisOnly); len(m) > 0 {
 		return nil, fmt.Errorf("%w: %s", ErrNotInstalled, strings.Join(m, ", "))
 	}
 	s := &Stack{Dir: opts.Dir, logf: opts.Logf}
@@ -141,9 +144,11 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	s.MySQLAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(mysqlPort))
 	s.RedisAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(redisPort))
 
-	if err := s.startMySQL(ctx, mysqlPort, opts.GeneralLog); err != nil {
-		s.Stop()
-		return nil, err
+	if !opts.RedisOnly {
+		if err := s.startMySQL(ctx, mysqlPort, opts.GeneralLog); err != nil {
+			s.Stop()
+			return nil, err
+		}
 	}
 	if err := s.StartRedis(ctx); err != nil {
 		s.Stop()

@@ -1,0 +1,183 @@
+package singleflight_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
+	"github.com/sidecache/sidecache/singleflight"
+)
+
+var stack *devstack.Stack
+
+func TestMain(m *testing.M) {
+	os.Exit(devstack.RunTests(m, devstack.Options{RedisOnly: true}, &stack))
+}
+
+func newLeases(t *testing.T, ttl time.Duration) (*singleflight.Leases, *redis.Client) {
+	t.Helper()
+	s := devstack.Require(t, stack)
+	rc := redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	t.Cleanup(func() { rc.Close() })
+	return singleflight.NewLeases(rc, ttl), rc
+}
+
+func key(t *testing.T) string { return "lt:{" + t.Name() + "}" }
+
+func TestProbeFillRelease(t *testing.T) {
+	l, rc := newLeases(t, time.Second)
+	ctx := context.Background()
+	k := key(t)
+
+	first, err := l.Probe(ctx, []string{k})
+	if err != nil || first[0].State != singleflight.Acquired {
+		t.Fatalf("first probe: %+v %v, want Acquired", first, err)
+	}
+	second, err := l.Probe(ctx, []string{k})
+	if err != nil || second[0].State != singleflight.Contended {
+		t.Fatalf("second probe: %+v %v, want Contended", second, err)
+	}
+	held, err := l.Fill(ctx, []singleflight.Fill{{Lease: first[0].Lease, Value: []byte("v1"), TTL: time.Minute}})
+	if err != nil || !held[0] {
+		t.Fatalf("fill by the holder: %v %v, want it to land", held, err)
+	}
+	if n := rc.Exists(ctx, singleflight.LeaseKey(k)).Val(); n != 0 {
+		t.Errorf("the lease is still there after the fill")
+	}
+	third, err := l.Probe(ctx, []string{k})
+	if err != nil || third[0].State != singleflight.Found || string(third[0].Value) != "v1" {
+		t.Fatalf("probe after fill: %+v %v, want Found v1", third, err)
+	}
+	if ttl := rc.PTTL(ctx, k).Val(); ttl <= 59*time.Second {
+		t.Errorf("value TTL %v, want about a minute", ttl)
+	}
+}
+
+func TestReleaseOnlyByOwner(t *testing.T) {
+	l, rc := newLeases(t, time.Second)
+	ctx := context.Background()
+	k := key(t)
+	a, _ := l.Probe(ctx, []string{k})
+	// The lease lapses and someone else takes it; the first holder's release must not free it.
+	rc.Del(ctx, singleflight.LeaseKey(k))
+	b, _ := l.Probe(ctx, []string{k})
+	if b[0].State != singleflight.Acquired {
+		t.Fatalf("second holder: %+v", b)
+	}
+	if err := l.Release([]*singleflight.Lease{a[0].Lease}); err != nil {
+		t.Fatal(err)
+	}
+	if n := rc.Exists(ctx, singleflight.LeaseKey(k)).Val(); n != 1 {
+		t.Fatal("a stale holder's release deleted another holder's lease")
+	}
+	held, _ := l.Fill(ctx, []singleflight.Fill{{Lease: a[0].Lease, Value: []byte("old"), TTL: time.Minute}})
+	if held[0] {
+		t.Fatal("a stale holder's fill landed")
+	}
+	if err := l.Release([]*singleflight.Lease{b[0].Lease}); err != nil {
+		t.Fatal(err)
+	}
+	if n := rc.Exists(ctx, singleflight.LeaseKey(k)).Val(); n != 0 {
+		t.Fatal("the owner's release left the lease")
+	}
+}
+
+func TestInvalidateVoidsLease(t *testing.T) {
+	l, rc := newLeases(t, time.Second)
+	ctx := context.Background()
+	k := key(t)
+	p, _ := l.Probe(ctx, []string{k})
+	if err := l.Invalidate(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	held, err := l.Fill(ctx, []singleflight.Fill{{Lease: p[0].Lease, Value: []byte("read before the write"), TTL: time.Minute}})
+	if err != nil || held[0] {
+		t.Fatalf("fill after invalidation: %v %v, want it rejected", held, err)
+	}
+	if n := rc.Exists(ctx, k).Val(); n != 0 {
+		t.Fatal("the value landed after its key was invalidated")
+	}
+}
+
+func TestKeepRenewsASlowLoad(t *testing.T) {
+	const ttl = 150 * time.Millisecond
+	l, rc := newLeases(t, ttl)
+	ctx := context.Background()
+	k := key(t)
+	p, _ := l.Probe(ctx, []string{k})
+	stop := l.Keep([]*singleflight.Lease{p[0].Lease})
+	// Hold the lease across several lease periods; renewals show as the PTTL going back up.
+	renewals, last := 0, rc.PTTL(ctx, singleflight.LeaseKey(k)).Val()
+	deadline := time.Now().Add(10 * ttl)
+	for renewals < 4 && time.Now().Before(deadline) {
+		cur := rc.PTTL(ctx, singleflight.LeaseKey(k)).Val()
+		if cur <= 0 {
+			t.Fatalf("the lease lapsed during a slow load (PTTL %v)", cur)
+		}
+		if cur > last {
+			renewals++
+		}
+		last = cur
+		time.Sleep(5 * time.Millisecond)
+	}
+	if renewals < 4 {
+		t.Fatalf("saw %d renewals in %v", renewals, 10*ttl)
+	}
+	if !stop.Stop() {
+		t.Error("Keep reports a lost lease")
+	}
+	held, _ := l.Fill(ctx, []singleflight.Fill{{Lease: p[0].Lease, Value: []byte("v"), TTL: time.Minute}})
+	if !held[0] {
+		t.Fatal("the fill after a slow, renewed load did not land")
+	}
+}
+
+func TestCrashedHolderFreesKeyWithinOneLeasePeriod(t *testing.T) {
+	const ttl = 200 * time.Millisecond
+	l, _ := newLeases(t, ttl)
+	ctx := context.Background()
+	k := key(t)
+	start := time.Now()
+	p, _ := l.Probe(ctx, []string{k}) // the holder then "crashes": no renewal, no release
+	if p[0].State != singleflight.Acquired {
+		t.Fatal(p)
+	}
+	for {
+		next, err := l.Probe(ctx, []string{k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next[0].State == singleflight.Acquired {
+			break
+		}
+		if time.Since(start) > 3*ttl {
+			t.Fatalf("the key was still leased %v after the holder died", time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if freed := time.Since(start); freed > ttl+50*time.Millisecond {
+		t.Errorf("freed after %v, want within the lease period %v", freed, ttl)
+	}
+}
+
+func TestKeepReportsALostLease(t *testing.T) {
+	const ttl = 90 * time.Millisecond
+	l, rc := newLeases(t, ttl)
+	ctx := context.Background()
+	k := key(t)
+	p, _ := l.Probe(ctx, []string{k})
+	keeper := l.Keep([]*singleflight.Lease{p[0].Lease})
+	rc.Del(ctx, singleflight.LeaseKey(k)) // voided, as an invalidation does
+	select {
+	case <-keeper.Lost():
+	case <-time.After(10 * ttl):
+		t.Fatal("the renewer did not notice the lease was gone")
+	}
+	if keeper.Stop() {
+		t.Error("Stop reports the lease kept after it was deleted")
+	}
+}
