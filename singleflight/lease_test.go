@@ -2,6 +2,7 @@ package singleflight_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -26,7 +27,8 @@ func newLeases(t *testing.T, ttl time.Duration) (*singleflight.Leases, *redis.Cl
 	return singleflight.NewLeases(rc, ttl), rc
 }
 
-func key(t *testing.T) string { return "lt:{" + t.Name() + "}" }
+// key returns a key no earlier run has used.
+func key(t *testing.T) string { return fmt.Sprintf("lt:{%s:%d}", t.Name(), time.Now().UnixNano()) }
 
 func TestProbeFillRelease(t *testing.T) {
 	l, rc := newLeases(t, time.Second)
