@@ -70,6 +70,8 @@ func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
 	if !a.onlyGET(w, r) {
 		return
 	}
+	a.metrics.inFlight.Inc()
+	defer a.metrics.inFlight.Dec()
 	start := time.Now()
 	entity := r.PathValue("entity")
 	// No request deadline here: a hit is one Redis GET bounded by redis.timeout, and the read
@@ -93,6 +95,8 @@ func (a *api) getMany(w http.ResponseWriter, r *http.Request) {
 	if !a.onlyGET(w, r) {
 		return
 	}
+	a.metrics.inFlight.Inc()
+	defer a.metrics.inFlight.Dec()
 	start := time.Now()
 	entity := r.PathValue("entity")
 	many, err := a.reader.GetMany(r.Context(), entity, r.URL.Query()["id"])

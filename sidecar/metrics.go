@@ -13,6 +13,7 @@ const unknownEntity = "_unknown"
 // httpMetrics counts requests by entity and outcome. Children are resolved at start so that the
 // hit path does no label lookups.
 type httpMetrics struct {
+	inFlight prometheus.Gauge
 	requests *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	entities map[string]*entityHTTPMetrics
@@ -30,6 +31,9 @@ var outcomes = []string{"hit", "miss", "negative", "stale", "bypass", "not_found
 
 func newHTTPMetrics(reg prometheus.Registerer, entityNames []string) *httpMetrics {
 	m := &httpMetrics{
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sidecache_requests_in_flight", Help: "Entity requests being answered now.",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecache_requests_total", Help: "Entity requests by entity and outcome (cache status or error code).",
 		}, []string{"entity", "outcome"}),
@@ -40,7 +44,7 @@ func newHTTPMetrics(reg prometheus.Registerer, entityNames []string) *httpMetric
 		}, []string{"entity"}),
 		entities: make(map[string]*entityHTTPMetrics),
 	}
-	reg.MustRegister(m.requests, m.seconds)
+	reg.MustRegister(m.inFlight, m.requests, m.seconds)
 	for _, name := range append(entityNames, unknownEntity) {
 		em := &entityHTTPMetrics{outcomes: make(map[string]prometheus.Counter), seconds: m.seconds.WithLabelValues(name)}
 		for _, o := range outcomes {

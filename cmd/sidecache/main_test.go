@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	code := devstack.RunTests(m, devstack.Options{}, &stack)
+	code := devstack.RunTests(m, devstack.Options{GeneralLog: true}, &stack)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
