@@ -38,6 +38,12 @@ func TestParseDefaults(t *testing.T) {
 		{"ttl_jitter", *e.TTLJitter, 0.1},
 		{"null_ttl", e.NullTTL.D(), time.Minute},
 		{"bloom.fp_rate", e.Bloom.FPRate, 0.01},
+		{"stale_ttl", e.StaleTTL.D(), 10 * time.Minute},
+		{"lease.enabled", *c.Lease.Enabled, true},
+		{"lease.ttl", c.Lease.TTL.D(), 3 * time.Second},
+		{"lease.wait", c.Lease.Wait.D(), 2 * time.Second},
+		{"lease.fallback", c.Lease.Fallback, "load"},
+		{"lease.fallback_concurrency", c.Lease.FallbackConcurrency, 4},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -78,6 +84,9 @@ func TestParseErrors(t *testing.T) {
 		{"prefix with braces", minimal + "redis:\n  key_prefix: \"{x}\"\n", []string{"redis.key_prefix"}},
 		{"bad redis addr", minimal + "redis:\n  addrs: [\"nohost\"]\n", []string{"redis.addrs[0]"}},
 		{"bad flavor", minimal + "cdc:\n  flavor: postgres\n", []string{"cdc.flavor"}},
+		{"bad fallback", minimal + "lease:\n  fallback: retry\n", []string{"lease.fallback"}},
+		{"lease ttl too short", minimal + "lease:\n  ttl: 1ms\n", []string{"lease.ttl"}},
+		{"negative stale_ttl", minimal + "    hot: true\n    stale_ttl: -1s\n", []string{`entity "items": stale_ttl`}},
 		{"too many ids", minimal + "limits:\n  max_ids: 5000\n", []string{"limits.max_ids"}},
 		{"unset env var", strings.Replace(minimal, "secret", "${SIDECACHE_TEST_UNSET}", 1), []string{"SIDECACHE_TEST_UNSET"}},
 		{"empty", "", []string{"empty"}},
@@ -102,6 +111,16 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestLeaseCanBeTurnedOff(t *testing.T) {
+	c, err := Parse([]byte(minimal + "lease:\n  enabled: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *c.Lease.Enabled {
+		t.Error("lease.enabled: false was not kept")
 	}
 }
 
