@@ -173,9 +173,16 @@ func (s *Stack) startMySQL(ctx context.Context, port int, generalLog bool) error
 	if generalLog {
 		gl = "1"
 	}
-	// A defaults file of our own keeps /etc/mysql out; as root mariadbd needs user=root.
+	// A defaults file of our own keeps /etc/mysql out; as root mariadbd needs user=root. Each
+	// stack has its own tmpdir: mariadbd deletes stray #sql* files in its tmpdir at start, so
+	// stacks sharing /tmp (parallel test packages) would delete each other's temporary tables.
+	tmp := filepath.Join(s.Dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
 	conf := fmt.Sprintf(`[mysqld]
 user=%s
+tmpdir=%s
 datadir=%s
 socket=%s
 pid-file=%s
@@ -196,7 +203,7 @@ sync_binlog=0
 max_connections=500
 character-set-server=utf8mb4
 collation-server=utf8mb4_general_ci
-`, currentUser(), data, filepath.Join(s.Dir, "mysql.sock"), filepath.Join(s.Dir, "mysqld.pid"),
+`, currentUser(), tmp, data, filepath.Join(s.Dir, "mysql.sock"), filepath.Join(s.Dir, "mysqld.pid"),
 		port, filepath.Join(s.Dir, "binlog"), gl)
 	if err := os.WriteFile(cnf, []byte(conf), 0o600); err != nil {
 		return err
@@ -389,7 +396,7 @@ func currentUser() string {
 }
 
 func tail(b []byte) string {
-	const max = 2000
+	const max = 4000
 	if len(b) > max {
 		b = b[len(b)-max:]
 	}
