@@ -388,6 +388,10 @@ func (c *Config) validate() error {
 	if c.Lease.Wait <= 0 {
 		return bad("lease.wait", "must be positive")
 	}
+	if c.Lease.Wait >= c.Limits.RequestTimeout {
+		return bad("lease.wait", "%v must be shorter than limits.request_timeout (%v), or the fallback never runs",
+			c.Lease.Wait.D(), c.Limits.RequestTimeout.D())
+	}
 	switch c.Lease.Fallback {
 	case "load", "unavailable":
 	default:

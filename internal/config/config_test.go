@@ -85,6 +85,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad redis addr", minimal + "redis:\n  addrs: [\"nohost\"]\n", []string{"redis.addrs[0]"}},
 		{"bad flavor", minimal + "cdc:\n  flavor: postgres\n", []string{"cdc.flavor"}},
 		{"bad fallback", minimal + "lease:\n  fallback: retry\n", []string{"lease.fallback"}},
+		{"lease wait past the request timeout", minimal + "lease:\n  wait: 5s\n", []string{"lease.wait", "limits.request_timeout"}},
 		{"lease ttl too short", minimal + "lease:\n  ttl: 1ms\n", []string{"lease.ttl"}},
 		{"negative stale_ttl", minimal + "    hot: true\n    stale_ttl: -1s\n", []string{`entity "items": stale_ttl`}},
 		{"too many ids", minimal + "limits:\n  max_ids: 5000\n", []string{"limits.max_ids"}},
