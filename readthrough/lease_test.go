@@ -157,7 +157,7 @@ func TestStaleSetRace(t *testing.T) {
 				t.Fatal(err)
 			}
 			close(pause.proceed)
-			<-done
+			paused := <-done
 
 			cached, err := g.rc.Get(context.Background(), g.key("1")).Bytes()
 			stale := err == nil && len(cached) > 0 && string(cached[10:]) == `{"id":1,"name":"old"}`
@@ -165,9 +165,17 @@ func TestStaleSetRace(t *testing.T) {
 				t.Fatalf("old value in the cache after the write's invalidation: %v, want %v (cache: %q, %v)", stale, tc.wantStale, cached, err)
 			}
 			if !tc.wantStale {
+				// The voided loader probed again and loaded the row as written, so neither it nor
+				// anyone who joined its flight is handed the row from before the write.
+				if string(paused.Body) != `{"id":1,"name":"new"}` || paused.Status != readthrough.Miss {
+					t.Errorf("the paused loader answered %s (%s), want the new row", paused.Body, paused.Status)
+				}
 				res, err := r.Get(context.Background(), "items", "1")
-				if err != nil || string(res.Body) != `{"id":1,"name":"new"}` || res.Status != readthrough.Miss {
-					t.Fatalf("next read: %+v %v, want the new row loaded", res, err)
+				if err != nil || string(res.Body) != `{"id":1,"name":"new"}` || res.Status != readthrough.Hit {
+					t.Fatalf("next read: %s %s %v, want the new row from the cache", res.Body, res.Status, err)
+				}
+				if n := g.queries(); n != 2 {
+					t.Errorf("%d queries, want 2: the voided load and its one retry", n)
 				}
 			}
 		})
@@ -391,6 +399,41 @@ func TestHotKeyUnderLoad(t *testing.T) {
 	for i := 1; i < len(times); i++ {
 		if gap := times[i].Sub(times[i-1]); gap < soft-20*time.Millisecond {
 			t.Errorf("queries %d and %d are %v apart, less than the soft TTL %v: two refreshes for one deadline", i-1, i, gap, soft)
+		}
+	}
+}
+
+func TestPanickingLoadReleasesItsLease(t *testing.T) {
+	g := newRig(t, false)
+	r := g.reader(time.Second, func(o *readthrough.Options) {
+		o.AfterLoad = func([]string) { panic("loader bug") }
+	})
+	_, err := r.Get(context.Background(), "items", "1")
+	var pe *singleflight.PanicError
+	if !errors.As(err, &pe) {
+		t.Fatalf("got %v, want the panic as an error", err)
+	}
+	if n := g.rc.Exists(context.Background(), singleflight.LeaseKey(g.key("1"))).Val(); n != 0 {
+		t.Fatal("the panicking loader left its lease behind")
+	}
+}
+
+func TestClientHangUpAfterLoadStillFills(t *testing.T) {
+	g := newRig(t, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := g.reader(time.Second, func(o *readthrough.Options) {
+		o.AfterLoad = func([]string) { cancel() } // the client goes away between load and fill
+	})
+	if _, err := r.GetMany(ctx, "items", []string{"1", "2"}); err != nil {
+		t.Logf("GetMany after the hang-up: %v", err)
+	}
+	bg := context.Background()
+	for _, id := range []string{"1", "2"} {
+		if n := g.rc.Exists(bg, singleflight.LeaseKey(g.key(id))).Val(); n != 0 {
+			t.Errorf("id %s: the lease outlived its load", id)
+		}
+		if n := g.rc.Exists(bg, g.key(id)).Val(); n != 1 {
+			t.Errorf("id %s: the loaded row was not cached", id)
 		}
 	}
 }

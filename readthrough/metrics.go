@@ -67,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"entity"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecache_refreshes_total",
-			Help: "Background refreshes of stale hot values by result: refreshed, fresh (already done elsewhere), contended, dropped, error.",
+			Help: "Background refreshes of stale hot values by result: refreshed, fresh (already done elsewhere), contended, voided (invalidated meanwhile), dropped, error.",
 		}, []string{"entity", "result"}),
 	}
 	if reg != nil {

@@ -39,6 +39,7 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 	}
 	results := make(map[string]Result, len(ids))
 	keyOf := func(id string) string { return CacheKey(r.prefix, e.Name, id) }
+	retried := make(map[string]bool)
 	var waitStart time.Time
 	backoff := 2 * time.Millisecond
 	pending := ids
@@ -63,8 +64,11 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 			case singleflight.Found:
 				res, ok := e.answer(p.Value)
 				if !ok {
-					// A value this build cannot read: clear it, and take the lease next round.
-					r.leases.Invalidate(ctx, keys[i])
+					// A value this build cannot read (a newer format): drop exactly those bytes,
+					// leaving any lease alone, and take the lease next round.
+					if err := r.leases.DropIfSame(ctx, keys[i], p.Value); err != nil {
+						return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+					}
 					contended = append(contended, id)
 					continue
 				}
@@ -82,8 +86,22 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 			}
 		}
 		if len(held) > 0 {
-			if err := r.loadHeld(ctx, e, heldIDs, held, results); err != nil {
+			voided, err := r.loadHeld(ctx, e, heldIDs, held, results)
+			if err != nil {
 				return nil, err
+			}
+			// A voided fill means a write was invalidated while we loaded, so what we read may
+			// predate it: probe again, once, rather than hand anyone the older row.
+			for _, id := range voided {
+				if retried[id] {
+					res := results[id]
+					res.Status = Bypass
+					results[id] = res
+					continue
+				}
+				retried[id] = true
+				delete(results, id)
+				contended = append(contended, id)
 			}
 		}
 		if len(contended) == 0 {
@@ -118,20 +136,26 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 }
 
 // loadHeld loads ids whose leases the caller holds, keeps the leases alive meanwhile, and
-// fills the cache where the leases are still held. A failed load releases the leases and
-// caches nothing.
-func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases []*singleflight.Lease, results map[string]Result) error {
+// fills the cache where the leases are still held. It returns the ids whose fills were voided.
+// A failed load (or a panic) releases the leases and caches nothing.
+func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases []*singleflight.Lease, results map[string]Result) (voided []string, err error) {
 	keep := r.leases.Keep(leases)
+	filled := false
+	defer func() {
+		keep.Stop()
+		if !filled {
+			r.leases.Release(leases)
+		}
+	}()
 	rows, err := r.sourceLoad(ctx, e, ids)
 	if r.afterLoad != nil {
 		r.afterLoad(ids)
 	}
+	if err != nil {
+		return nil, err
+	}
 	if !keep.Stop() {
 		e.m.leaseLost.Inc()
-	}
-	if err != nil {
-		r.leases.Release(leases)
-		return err
 	}
 	fills := make([]singleflight.Fill, len(ids))
 	for i, id := range ids {
@@ -146,13 +170,14 @@ func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases [
 		fills[i] = singleflight.Fill{Lease: leases[i], Value: en.Value, TTL: en.TTL}
 	}
 	start := time.Now()
-	landed, err := r.leases.Fill(ctx, fills)
+	landed, err := r.leases.Fill(ctx, fills) // releases the leases itself if it fails
+	filled = true
 	e.m.redisSet.Observe(time.Since(start).Seconds())
 	if err != nil {
-		// The answer is right; the leases lapse by themselves within one period.
+		// The answer is right; nothing was cached.
 		e.m.fillErrors.Add(float64(len(fills)))
 		r.log.Warn("cache fill failed", "entity", e.Name, "keys", len(fills), "err", err)
-		return nil
+		return nil, nil
 	}
 	for i, ok := range landed {
 		switch {
@@ -160,13 +185,14 @@ func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases [
 			// The lease was voided (an invalidation deleted the key) or lapsed: what we read
 			// may be older than the write that voided it, so it must not land.
 			e.m.leaseLost.Inc()
+			voided = append(voided, ids[i])
 		case fills[i].Value[1] == kindNull:
 			e.m.nullMarkers.Inc()
 		default:
 			e.m.fills.Inc()
 		}
 	}
-	return nil
+	return voided, nil
 }
 
 // loadUnleased is the miss path without leases: in-process flights only.
@@ -286,6 +312,11 @@ func (r *Reader) fill(ctx context.Context, e *entity, entries []Entry) {
 // leases, once across the cluster. When every refresh slot is busy it does nothing: the next
 // stale read asks again.
 func (r *Reader) refresh(e *entity, id, key string) {
+	r.closeMu.Lock()
+	defer r.closeMu.Unlock()
+	if r.closed {
+		return
+	}
 	if _, running := r.refreshing.LoadOrStore(key, struct{}{}); running {
 		return
 	}
@@ -332,9 +363,13 @@ func (r *Reader) refreshOnce(ctx context.Context, e *entity, id, key string) str
 			return "fresh"
 		}
 	}
-	if err := r.loadHeld(ctx, e, []string{id}, []*singleflight.Lease{lease}, map[string]Result{}); err != nil {
+	voided, err := r.loadHeld(ctx, e, []string{id}, []*singleflight.Lease{lease}, map[string]Result{})
+	if err != nil {
 		r.log.Warn("refresh failed", "entity", e.Name, "id", id, "err", err)
 		return "error"
+	}
+	if len(voided) > 0 {
+		return "voided" // invalidated meanwhile; the next read loads the new row
 	}
 	return "refreshed"
 }

@@ -133,6 +133,8 @@ type Reader struct {
 	refreshSlots chan struct{} // background refresh concurrency limit
 	refreshing   sync.Map      // cache key → struct{}: refreshes running in this process
 	refreshWG    sync.WaitGroup
+	closeMu      sync.Mutex // orders refreshWG.Add before Close's Wait
+	closed       bool
 }
 
 type entity struct {
@@ -194,8 +196,11 @@ func New(opts Options) *Reader {
 	return r
 }
 
-// Close waits for background refreshes to end.
+// Close stops starting background refreshes and waits for those running to end.
 func (r *Reader) Close() {
+	r.closeMu.Lock()
+	r.closed = true
+	r.closeMu.Unlock()
 	r.refreshWG.Wait()
 }
 

@@ -187,6 +187,12 @@ func classify(err error) (status int, code string) {
 
 func (a *api) writeError(w http.ResponseWriter, entity string, err error) {
 	status, code := classify(err)
+	if code == "internal" {
+		// Unexpected, so always logged; the client is not shown the details (a panic's stack).
+		a.log.Error("request failed", "entity", entity, "err", err)
+		writeJSONError(w, status, code, "internal error")
+		return
+	}
 	if status >= 500 && code != "canceled" {
 		now := time.Now().UnixNano()
 		if last := a.lastErrLog.Load(); now-last >= int64(time.Second) && a.lastErrLog.CompareAndSwap(last, now) {

@@ -30,12 +30,29 @@ func LeaseKey(key string) string { return key + ":lease" }
 const (
 	// getOrAcquire: KEYS value, lease; ARGV token, lease ms.
 	// Returns {1, value} when there is a value, {2} when this caller now holds the lease, {0}
-	// when another holds it.
+	// when another holds it. Running it twice with one token is harmless: the client retries a
+	// pipeline after a timeout, and the retry must not find its own lease "held by another".
 	getOrAcquire = `
 local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+local owner = redis.call('GET', KEYS[2])
+if owner == ARGV[1] then return {2} end
+if not owner and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {0}`
+
+	// acquire: KEYS lease; ARGV token, lease ms. 1 when the caller holds the lease (also on a
+	// retry with the same token), 0 otherwise.
+	acquire = `
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then return 1 end
+if not owner and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0`
+
+	// dropIfSame: KEYS value; ARGV bytes. Deletes the value only if it still holds these bytes,
+	// and never touches the lease.
+	dropIfSame = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`
 
 	// fillIfHeld: KEYS value, lease; ARGV token, value, ttl ms. Sets the value and drops the
 	// lease only while the caller holds it; returns 1 if it did.
@@ -120,14 +137,24 @@ func (l *Leases) Probe(ctx context.Context, keys []string) ([]Probe, error) {
 		}
 		return nil
 	})
-	if err != nil {
+	fail := func(err error) ([]Probe, error) {
+		// Some scripts may have run and taken leases; give back any we hold (release only
+		// deletes a lease whose token is ours).
+		ls := make([]*Lease, len(keys))
+		for i, k := range keys {
+			ls[i] = &Lease{Key: k, token: tokens[i]}
+		}
+		l.Release(ls)
 		return nil, err
+	}
+	if err != nil {
+		return fail(err)
 	}
 	out := make([]Probe, len(keys))
 	for i, cmd := range cmds {
 		res, err := cmd.Slice()
 		if err != nil || len(res) == 0 {
-			return nil, fmt.Errorf("lease probe of %s: %v %w", keys[i], res, err)
+			return fail(fmt.Errorf("lease probe of %s: %v %w", keys[i], res, err))
 		}
 		switch code, _ := res[0].(int64); code {
 		case 1:
@@ -145,12 +172,22 @@ func (l *Leases) Probe(ctx context.Context, keys []string) ([]Probe, error) {
 // Acquire tries to take the lease on key whether or not it has a value; nil means another
 // caller holds it. Background refreshes of values that are still there use it.
 func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
-	token := newToken()
-	ok, err := l.rdb.SetNX(ctx, LeaseKey(key), token, l.ttl).Result()
-	if err != nil || !ok {
+	lease := &Lease{Key: key, token: newToken()}
+	n, err := l.rdb.Eval(ctx, acquire, []string{LeaseKey(key)}, lease.token, l.ttl.Milliseconds()).Int64()
+	if err != nil {
+		l.Release([]*Lease{lease})
 		return nil, err
 	}
-	return &Lease{Key: key, token: token}, nil
+	if n != 1 {
+		return nil, nil
+	}
+	return lease, nil
+}
+
+// DropIfSame deletes key only if it still holds value, leaving any lease alone. It clears a
+// value this build cannot read without disturbing a load in flight.
+func (l *Leases) DropIfSame(ctx context.Context, key string, value []byte) error {
+	return l.rdb.Eval(ctx, dropIfSame, []string{key}, value).Err()
 }
 
 // Fill is one value to write under a held lease.
@@ -162,7 +199,11 @@ type Fill struct {
 
 // Fill writes each value only if its lease is still held, and drops the lease. held[i] says
 // whether fills[i] landed; a fill that did not land lost its lease, usually to an invalidation.
+// It runs on its own deadline of one lease period, whatever ctx's cancellation: a client that
+// hangs up after the load must not leave the key leased. If it fails, the leases are released.
 func (l *Leases) Fill(ctx context.Context, fills []Fill) (held []bool, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.ttl)
+	defer cancel()
 	cmds := make([]*redis.Cmd, len(fills))
 	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, f := range fills {
@@ -172,6 +213,11 @@ func (l *Leases) Fill(ctx context.Context, fills []Fill) (held []bool, err error
 		return nil
 	})
 	if err != nil {
+		ls := make([]*Lease, len(fills))
+		for i, f := range fills {
+			ls[i] = f.Lease
+		}
+		l.Release(ls)
 		return nil, err
 	}
 	held = make([]bool, len(fills))
@@ -213,6 +259,7 @@ type Keeper struct {
 	done     chan struct{}
 	lost     chan struct{}
 	lostOnce sync.Once
+	stopOnce sync.Once
 	wg       sync.WaitGroup
 }
 
@@ -248,7 +295,9 @@ func (l *Leases) Keep(leases []*Lease) *Keeper {
 				}
 			}
 			if lost {
+				// Once a lease is gone, renewing the others cannot save the fill's purpose.
 				k.lostOnce.Do(func() { close(k.lost) })
+				return
 			}
 		}
 	}()
@@ -259,9 +308,9 @@ func (l *Leases) Keep(leases []*Lease) *Keeper {
 func (k *Keeper) Lost() <-chan struct{} { return k.lost }
 
 // Stop ends the renewals, waits for the renewer to exit, and reports whether every lease was
-// kept throughout.
+// kept throughout. It may be called more than once.
 func (k *Keeper) Stop() (kept bool) {
-	close(k.done)
+	k.stopOnce.Do(func() { close(k.done) })
 	k.wg.Wait()
 	select {
 	case <-k.lost:

@@ -88,7 +88,8 @@ type Redis struct {
 // Lease configures the cluster-wide load lease: one MySQL query per key per fill across every
 // sidecar, and fills that land only while their loader still holds the lease.
 type Lease struct {
-	// Enabled turns the lease on. Default true; false leaves in-process flights only.
+	// Enabled turns the lease on. Default true; false leaves in-process flights only, and fills
+	// become plain SETs that can put back a row read just before a write.
 	Enabled *bool `yaml:"enabled"`
 	// TTL is the lease period. A holder renews it every TTL/3 while loading; a crashed holder
 	// frees the key within TTL. Default 3s.
