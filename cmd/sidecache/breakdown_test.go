@@ -189,14 +189,7 @@ func TestBreakdownAcrossProcesses(t *testing.T) {
 
 			// Deterministic: the key expires, every request is inside a sidecar while the row is
 			// locked, then the lock goes.
-			lock, err := c.root.Conn(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer lock.Close()
-			if _, err := lock.ExecContext(ctx, "LOCK TABLES items WRITE"); err != nil {
-				t.Fatal(err)
-			}
+			unlock := lockItems(t, c.root)
 			c.rc.Del(ctx, key)
 			replies := c.storm(client, requests, id)
 			deadline := time.Now().Add(30 * time.Second)
@@ -206,7 +199,7 @@ func TestBreakdownAcrossProcesses(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			lock.ExecContext(ctx, "UNLOCK TABLES")
+			unlock()
 			for range requests {
 				if r := <-replies; r.status != 200 || r.body != want {
 					t.Fatalf("a request got %d %s, want 200 %s", r.status, r.body, want)
@@ -254,14 +247,7 @@ func TestKilledHolderFreesKeyWithinLeasePeriod(t *testing.T) {
 	c := startCluster(t, "cmd_killed_holder", 2, true, leaseTTL)
 	ctx := context.Background()
 	key := c.db + ":{items:3}"
-	lock, err := c.root.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if _, err := lock.ExecContext(ctx, "LOCK TABLES items WRITE"); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockItems(t, c.root)
 	go http.Get("http://" + c.addrs[0] + "/v1/items/3") // holds the lease, its load blocked
 	deadline := time.Now().Add(10 * time.Second)
 	for c.rc.Exists(ctx, key+":lease").Val() == 0 {
@@ -288,7 +274,7 @@ func TestKilledHolderFreesKeyWithinLeasePeriod(t *testing.T) {
 	if freed > leaseTTL+100*time.Millisecond {
 		t.Errorf("freed after %v, want within the lease period %v", freed, leaseTTL)
 	}
-	lock.ExecContext(ctx, "UNLOCK TABLES")
+	unlock()
 	res, err := http.Get("http://" + c.addrs[1] + "/v1/items/3")
 	if err != nil {
 		t.Fatal(err)

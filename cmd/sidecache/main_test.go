@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -148,15 +149,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	ctx := context.Background()
-	lock, err := root.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if _, err := lock.ExecContext(ctx, "LOCK TABLES items WRITE"); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockItems(t, root)
 	type result struct {
 		status int
 		cache  string
@@ -200,15 +193,33 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		t.Fatalf("the in-flight request ended before its query could: %+v", r)
 	default:
 	}
-	if _, err := lock.ExecContext(ctx, "UNLOCK TABLES"); err != nil {
-		t.Fatal(err)
-	}
+	unlock()
 	r := <-done
 	if r.err != nil || r.status != 200 || r.cache != "miss" || r.body != `{"id":2,"name":"two"}` {
 		t.Errorf("in-flight request: %+v, want 200 miss with the row", r)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("sidecache exited with %v, want 0", err)
+	}
+}
+
+// lockItems write-locks the items table on a connection of its own, so that loads of it wait
+// inside MariaDB, until unlock is called (or the test ends).
+func lockItems(t *testing.T, root *sql.DB) (unlock func()) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := root.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := conn.ExecContext(ctx, "LOCK TABLES items WRITE"); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if _, err := conn.ExecContext(ctx, "UNLOCK TABLES"); err != nil {
+			t.Error(err)
+		}
 	}
 }
 
