@@ -19,6 +19,7 @@ type Metrics struct {
 	fallbacks        *prometheus.CounterVec
 	staleServes      *prometheus.CounterVec
 	refreshes        *prometheus.CounterVec
+	bloomChecks      *prometheus.CounterVec
 }
 
 // NewMetrics creates the read path's metrics and registers them with reg (nil: not registered).
@@ -69,11 +70,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sidecache_refreshes_total",
 			Help: "Background refreshes of stale hot values by result: refreshed, fresh (already done elsewhere), contended, voided (invalidated meanwhile), dropped, error.",
 		}, []string{"entity", "result"}),
+		bloomChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_bloom_checks_total",
+			Help: "Bloom filter checks on misses by result: absent (answered 404 without a query), maybe, error (let through).",
+		}, []string{"entity", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.redisSeconds, m.mysqlSeconds, m.dbQueries, m.fills, m.nullMarkers,
 			m.fillErrors, m.sharedLoads, m.badEnvelopes, m.leases, m.leaseWaits, m.leaseWaitSeconds,
-			m.fallbacks, m.staleServes, m.refreshes)
+			m.fallbacks, m.staleServes, m.refreshes, m.bloomChecks)
 	}
 	return m
 }
@@ -93,6 +98,7 @@ type entityMetrics struct {
 	leaseWaitSeconds                               prometheus.Observer
 	fallbackLoad, fallbackUnavailable, staleServes prometheus.Counter
 	refreshes                                      *prometheus.CounterVec // curried by entity
+	bloomAbsent, bloomMaybe, bloomErrors           prometheus.Counter
 }
 
 func (m *Metrics) forEntity(name string) entityMetrics {
@@ -119,5 +125,8 @@ func (m *Metrics) forEntity(name string) entityMetrics {
 		fallbackUnavailable: m.fallbacks.WithLabelValues(name, "unavailable"),
 		staleServes:         m.staleServes.WithLabelValues(name),
 		refreshes:           m.refreshes.MustCurryWith(prometheus.Labels{"entity": name}),
+		bloomAbsent:         m.bloomChecks.WithLabelValues(name, "absent"),
+		bloomMaybe:          m.bloomChecks.WithLabelValues(name, "maybe"),
+		bloomErrors:         m.bloomChecks.WithLabelValues(name, "error"),
 	}
 }

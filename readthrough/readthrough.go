@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/singleflight"
 )
@@ -77,6 +78,10 @@ type Entity struct {
 	// one background refresh runs.
 	Hot      bool
 	StaleTTL time.Duration
+	// Bloom consults the entity's Bloom filter on a miss: "absent" answers not found without
+	// a query. BloomParams size the filter's rebuilds.
+	Bloom       bool
+	BloomParams bloom.Params
 }
 
 // Options configure a Reader. Cache, Source and Entities are required.
@@ -93,6 +98,8 @@ type Options struct {
 	// LoadTimeout bounds a miss: waiting for the flight, the load and the fill. Default 5s.
 	// (A hit is one cache call, bounded by the cache client's own timeouts.)
 	LoadTimeout time.Duration
+	// Filters are the Bloom filters; nil: no penetration guard.
+	Filters *bloom.Filters
 	// Leases make one load per key hold across processes. Nil: in-process flights only.
 	Leases *singleflight.Leases
 	// LeaseWait bounds how long a caller waits for another's load before Fallback. Default 2s.
@@ -124,6 +131,7 @@ type Reader struct {
 	entities map[string]*entity
 	flights  singleflight.Group[Result]
 
+	filters   *bloom.Filters
 	leases    *singleflight.Leases
 	wait      time.Duration
 	fallback  Fallback
@@ -161,6 +169,7 @@ func New(opts Options) *Reader {
 		log:      opts.Logger,
 		entities: make(map[string]*entity, len(opts.Entities)),
 
+		filters:   opts.Filters,
 		leases:    opts.Leases,
 		wait:      opts.LeaseWait,
 		fallback:  opts.Fallback,
@@ -234,7 +243,43 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 		}
 		return res.orNotFound(e.Name, id)
 	}
+	if absent := r.absent(ctx, e, []string{id}); absent[0] {
+		return Result{Status: Negative}.orNotFound(e.Name, id)
+	}
 	return r.load(ctx, e, id, key)
+}
+
+// absent asks the Bloom filter which ids are surely not in the table. On an error the guard
+// opens: it must never answer "absent" for a row that exists.
+func (r *Reader) absent(ctx context.Context, e *entity, ids []string) []bool {
+	out := make([]bool, len(ids))
+	if !e.Bloom || r.filters == nil {
+		return out
+	}
+	may, err := r.filters.MayContainMany(ctx, e.Name, ids)
+	if err != nil {
+		e.m.bloomErrors.Inc()
+		r.log.Warn("bloom check failed; letting the ids through", "entity", e.Name, "err", err)
+		return out
+	}
+	for i, m := range may {
+		if !m {
+			out[i] = true
+			e.m.bloomAbsent.Inc()
+		} else {
+			e.m.bloomMaybe.Inc()
+		}
+	}
+	return out
+}
+
+// ParseID validates raw as an id of entity and returns its canonical form.
+func (r *Reader) ParseID(entityName, raw string) (string, error) {
+	e := r.entities[entityName]
+	if e == nil {
+		return "", fmt.Errorf("%w: %q", ErrUnknownEntity, entityName)
+	}
+	return e.Key.Parse(raw, r.maxIDLen)
 }
 
 // answer turns a cached value into a result; ok is false for a miss.
@@ -354,6 +399,18 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 		} else {
 			misses = append(misses, id)
 		}
+	}
+	if len(misses) > 0 {
+		absent := r.absent(ctx, e, misses)
+		maybe := misses[:0:0]
+		for i, id := range misses {
+			if absent[i] {
+				results[id] = Result{Status: Negative}
+			} else {
+				maybe = append(maybe, id)
+			}
+		}
+		misses = maybe
 	}
 	if len(misses) > 0 {
 		loaded, err := r.loadMisses(ctx, e, misses)

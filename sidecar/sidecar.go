@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/readthrough"
@@ -41,6 +42,8 @@ type Sidecar struct {
 	redis   redis.UniversalClient
 	source  *mysqlsource.Source
 	reader  *readthrough.Reader
+	leases  *singleflight.Leases
+	filters *bloom.Filters // nil when no entity has a filter
 	handler http.Handler
 }
 
@@ -63,9 +66,14 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	if cfg.CDC.Enabled {
 		return nil, fmt.Errorf("%w: cdc.enabled: the binlog tail is not part of this build yet; set it to false", config.ErrInvalid)
 	}
+	anyBloom := false
 	for _, e := range cfg.Entities {
 		if e.Bloom.Enabled {
-			log.Warn("bloom: the Bloom filter is not part of this build yet; the guard stays open", "entity", e.Name)
+			anyBloom = true
+			if !cfg.CDC.Enabled {
+				log.Warn("bloom: without the binlog tail (cdc.enabled) nothing adds rows inserted after the last "+
+					"`sidecache preload`; such rows are answered 404 until the next preload", "entity", e.Name)
+			}
 		}
 	}
 
@@ -101,17 +109,30 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	names := make([]string, 0, len(cfg.Entities))
 	for _, ce := range cfg.Entities {
 		se := source.Entity(ce.Name)
+		params, err := bloom.Size(ce.Bloom.ExpectedItems, ce.Bloom.FPRate)
+		if err != nil {
+			rc.Close()
+			source.Close()
+			db.Close()
+			return nil, fmt.Errorf("%w: entity %q: bloom: %v", config.ErrInvalid, ce.Name, err)
+		}
 		entities = append(entities, readthrough.Entity{
 			Name: ce.Name, Key: se.Key, TTL: ce.TTL.D(), NullTTL: ce.NullTTL.D(), Jitter: *ce.TTLJitter,
-			Hot: ce.Hot, StaleTTL: ce.StaleTTL.D(),
+			Hot: ce.Hot, StaleTTL: ce.StaleTTL.D(), Bloom: ce.Bloom.Enabled, BloomParams: params,
 		})
 		names = append(names, ce.Name)
 		log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
 	}
 	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source}
+	// Preloads always warm under leases; the read path uses them unless turned off.
+	s.leases = singleflight.NewLeases(rc, cfg.Lease.TTL.D())
 	var leases *singleflight.Leases
 	if *cfg.Lease.Enabled {
-		leases = singleflight.NewLeases(rc, cfg.Lease.TTL.D())
+		leases = s.leases
+	}
+	if anyBloom {
+		s.filters = bloom.New(rc, cfg.Redis.KeyPrefix)
+		reg.MustRegister(&bloomCollector{filters: s.filters, cfg: cfg})
 	}
 	fallback := readthrough.FallbackLoad
 	if cfg.Lease.Fallback == "unavailable" {
@@ -125,6 +146,7 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		MaxIDs:      cfg.Limits.MaxIDs,
 		MaxIDLength: cfg.Limits.MaxIDLength,
 		LoadTimeout: cfg.Limits.RequestTimeout.D(),
+		Filters:     s.filters,
 		Leases:      leases,
 		LeaseWait:   cfg.Lease.Wait.D(),
 		Fallback:    fallback,
@@ -151,6 +173,16 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 
 // Handler returns the HTTP API.
 func (s *Sidecar) Handler() http.Handler { return s.handler }
+
+// ParseID validates raw as an id of entity and returns its canonical form.
+func (s *Sidecar) ParseID(entity, raw string) (string, error) { return s.reader.ParseID(entity, raw) }
+
+// Preload warms entity's cache and rebuilds its Bloom filter; see readthrough.Reader.Preload.
+// Scanner and Leases are filled in.
+func (s *Sidecar) Preload(ctx context.Context, opts readthrough.PreloadOptions) (readthrough.PreloadStats, error) {
+	opts.Scanner, opts.Leases = s.source, s.leases
+	return s.reader.Preload(ctx, opts)
+}
 
 // Ready reports whether MySQL and Redis both answer.
 func (s *Sidecar) Ready(ctx context.Context) error {

@@ -48,6 +48,8 @@ const usage = `sidecache: a cache-aside sidecar for MySQL
 
 Usage:
   sidecache serve --config FILE     serve entity reads over HTTP
+  sidecache preload --config FILE --entity NAME [--ids FILE] [--rate N] [--batch N]
+                                    warm the cache; with no --ids, the whole table and the Bloom filter
   sidecache version                 print the version
 `
 
@@ -59,6 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], stderr)
+	case "preload":
+		return preload(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "sidecache %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil

@@ -69,6 +69,8 @@ type Entity struct {
 	mu    sync.Mutex
 	many  map[int]*sql.Stmt // by padded id count
 	query string            // SELECT ... FROM ... WHERE key
+
+	scanFirst, scanNext string // keyset pagination over the key, ids only
 }
 
 // Source loads rows of the configured entities.
@@ -202,6 +204,9 @@ func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*En
 	}
 	e.query = "SELECT " + strings.Join(sel, ", ") + " FROM " + quote(s.schema) + "." + quote(ce.Table) +
 		" WHERE " + quote(kc.name)
+	from := " FROM " + quote(s.schema) + "." + quote(ce.Table)
+	e.scanFirst = "SELECT " + quote(kc.name) + from + " ORDER BY " + quote(kc.name) + " LIMIT ?"
+	e.scanNext = "SELECT " + quote(kc.name) + from + " WHERE " + quote(kc.name) + " > ? ORDER BY " + quote(kc.name) + " LIMIT ?"
 	if e.one, err = s.db.PrepareContext(ctx, e.query+" = ?"); err != nil {
 		return nil, fmt.Errorf("mysql: preparing the query for entity %q: %w", ce.Name, err)
 	}
@@ -305,6 +310,55 @@ func (s *Source) Load(ctx context.Context, entity, id string) (row []byte, found
 		}
 	})
 	return row, found, err
+}
+
+// ScanIDs returns up to limit ids in key order after *after (nil: from the start): keyset
+// pagination on the primary key, never OFFSET, so each page costs the same.
+func (s *Source) ScanIDs(ctx context.Context, entity string, after *string, limit int) ([]string, error) {
+	e := s.entities[entity]
+	if e == nil {
+		return nil, fmt.Errorf("mysqlsource: unknown entity %q", entity)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var rows *sql.Rows
+	var err error
+	if after == nil {
+		rows, err = s.db.QueryContext(ctx, e.scanFirst, limit)
+	} else {
+		var arg any
+		if arg, err = e.Key.arg(*after); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidID, err)
+		}
+		rows, err = s.db.QueryContext(ctx, e.scanNext, arg, limit)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	ids := make([]string, 0, limit)
+	var v any
+	var text []byte
+	for rows.Next() {
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		text = appendText(text[:0], v)
+		ids = append(ids, string(text))
+	}
+	return ids, rows.Err()
+}
+
+// EstimateRows returns the table's row count as the server estimates it (cheap, approximate).
+func (s *Source) EstimateRows(ctx context.Context, entity string) (int64, error) {
+	e := s.entities[entity]
+	if e == nil {
+		return 0, fmt.Errorf("mysqlsource: unknown entity %q", entity)
+	}
+	var n sql.NullInt64
+	err := s.db.QueryRowContext(ctx, "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+		s.schema, e.Table).Scan(&n)
+	return n.Int64, err
 }
 
 // LoadMany reads the rows for ids with one IN (...) query and returns them by canonical id;

@@ -1,0 +1,392 @@
+// Package bloom is the penetration guard: a Bloom filter per entity, kept in Redis as a bitmap
+// so that every sidecar shares it, at the hash locations of github.com/bits-and-blooms/bloom/v3.
+//
+// The invariant: the filter never says "absent" for an id that was added, or that a completed
+// rebuild's scan saw. A rebuild fills a second bitmap while the current one keeps answering;
+// from the moment it begins, Add writes to both, and the switch is one atomic script. While no
+// filter exists the guard is open: it says "maybe".
+package bloom
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+
+	bbloom "github.com/bits-and-blooms/bloom/v3"
+	"github.com/redis/go-redis/v9"
+)
+
+// MaxBits is the largest bitmap Redis can hold (a string of 512 MiB).
+const MaxBits = 1 << 32
+
+// Params size a filter: M bits and K hash locations per item.
+type Params struct {
+	M, K uint
+}
+
+// Size returns the parameters for expectedItems at false-positive rate fpRate.
+func Size(expectedItems uint, fpRate float64) (Params, error) {
+	m, k := bbloom.EstimateParameters(expectedItems, fpRate)
+	if m > MaxBits {
+		return Params{}, fmt.Errorf("a filter for %d items at %v needs %d bits, more than Redis holds (%d)", expectedItems, fpRate, m, uint64(MaxBits))
+	}
+	return Params{M: max(m, 64), K: max(k, 1)}, nil
+}
+
+// positions returns the bit offsets of id.
+func (p Params) positions(id string) []uint64 {
+	locs := bbloom.Locations([]byte(id), p.K)
+	for i := range locs {
+		locs[i] %= uint64(p.M)
+	}
+	return locs
+}
+
+// meta is what the filter of one entity looks like in Redis now.
+type meta struct {
+	version int64  // 0: no filter
+	cur     string // slot answering checks: "a" or "b"
+	curP    Params
+	build   string // slot being rebuilt, or ""
+	buildP  Params
+}
+
+// Filters are the Bloom filters of all entities, in Redis. Safe for concurrent use.
+type Filters struct {
+	rdb    redis.UniversalClient
+	prefix string
+
+	mu    sync.Mutex
+	metas map[string]meta // cached; every script checks the version and asks for a reload
+}
+
+// New returns the filters kept under key prefix in rdb.
+func New(rdb redis.UniversalClient, prefix string) *Filters {
+	return &Filters{rdb: rdb, prefix: prefix, metas: make(map[string]meta)}
+}
+
+// Keys share one hash tag per entity, so every script's keys are in one Redis Cluster slot.
+func (f *Filters) metaKey(entity string) string { return f.prefix + "{bloom:" + entity + "}:meta" }
+func (f *Filters) bitsKey(entity, slot string) string {
+	return f.prefix + "{bloom:" + entity + "}:" + slot
+}
+
+// errStale means the cached meta is older than Redis's; reload and try again.
+var errStale = errors.New("bloom: filter changed")
+
+const attempts = 5
+
+func (f *Filters) cached(entity string) (meta, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m, ok := f.metas[entity]
+	return m, ok
+}
+
+func (f *Filters) load(ctx context.Context, entity string) (meta, error) {
+	h, err := f.rdb.HGetAll(ctx, f.metaKey(entity)).Result()
+	if err != nil {
+		return meta{}, err
+	}
+	var m meta
+	num := func(k string) uint64 { v, _ := strconv.ParseUint(h[k], 10, 64); return v }
+	m.version = int64(num("v"))
+	m.cur, m.build = h["cur"], h["build"]
+	m.curP = Params{M: uint(num("cur_m")), K: uint(num("cur_k"))}
+	m.buildP = Params{M: uint(num("build_m")), K: uint(num("build_k"))}
+	f.mu.Lock()
+	f.metas[entity] = m
+	f.mu.Unlock()
+	return m, nil
+}
+
+// current returns the cached meta, loading it the first time or after a stale answer.
+func (f *Filters) current(ctx context.Context, entity string, reload bool) (meta, error) {
+	if m, ok := f.cached(entity); ok && !reload {
+		return m, nil
+	}
+	return f.load(ctx, entity)
+}
+
+// check: KEYS meta, bits; ARGV version, positions... → -1 stale, 1 maybe, 0 absent.
+const checkScript = `
+local v = redis.call('HGET', KEYS[1], 'v') or '0'
+if v ~= ARGV[1] then return -1 end
+if v == '0' or redis.call('HGET', KEYS[1], 'cur') == false then return 1 end
+for i = 2, #ARGV do
+  if redis.call('GETBIT', KEYS[2], ARGV[i]) == 0 then return 0 end
+end
+return 1`
+
+// MayContain reports whether id may be in entity's table: false only when the filter is sure
+// it is not. With no filter built it is true.
+func (f *Filters) MayContain(ctx context.Context, entity, id string) (bool, error) {
+	res, err := f.MayContainMany(ctx, entity, []string{id})
+	if err != nil {
+		return true, err
+	}
+	return res[0], nil
+}
+
+// MayContainMany is MayContain for several ids in one round trip.
+func (f *Filters) MayContainMany(ctx context.Context, entity string, ids []string) ([]bool, error) {
+	out := make([]bool, len(ids))
+	for i := range out {
+		out[i] = true
+	}
+	reload := false
+	for range attempts {
+		m, err := f.current(ctx, entity, reload)
+		if err != nil {
+			return out, err
+		}
+		if m.version == 0 || m.cur == "" {
+			// No filter, as of our cache. Redis may have one now; the script says so.
+			m.cur = "a"
+		}
+		cmds := make([]*redis.Cmd, len(ids))
+		_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				args := []any{m.version}
+				if m.curP.M > 0 {
+					for _, pos := range m.curP.positions(id) {
+						args = append(args, pos)
+					}
+				}
+				cmds[i] = p.Eval(ctx, checkScript, []string{f.metaKey(entity), f.bitsKey(entity, m.cur)}, args...)
+			}
+			return nil
+		})
+		if err != nil {
+			return out, err
+		}
+		stale := false
+		for i, c := range cmds {
+			switch n, _ := c.Int64(); n {
+			case -1:
+				stale = true
+			case 0:
+				out[i] = false
+			}
+		}
+		if !stale {
+			return out, nil
+		}
+		for i := range out {
+			out[i] = true
+		}
+		reload = true
+	}
+	return out, errStale
+}
+
+// add: KEYS meta, cur bits, build bits; ARGV version, n cur positions, cur positions...,
+// build positions... → -1 stale, 1 done.
+const addScript = `
+local v = redis.call('HGET', KEYS[1], 'v') or '0'
+if v ~= ARGV[1] then return -1 end
+local n = tonumber(ARGV[2])
+for i = 3, 2 + n do redis.call('SETBIT', KEYS[2], ARGV[i], 1) end
+for i = 3 + n, #ARGV do redis.call('SETBIT', KEYS[3], ARGV[i], 1) end
+return 1`
+
+// Add records ids as present, in the current filter and in a rebuild under way. The binlog
+// tail calls it for every INSERT before it deletes the key's null marker.
+func (f *Filters) Add(ctx context.Context, entity string, ids ...string) error {
+	reload := false
+	for range attempts {
+		m, err := f.current(ctx, entity, reload)
+		if err != nil {
+			return err
+		}
+		curSlot, buildSlot := orSlot(m.cur), orSlot(m.build)
+		cmds := make([]*redis.Cmd, len(ids))
+		_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				args := []any{m.version, 0}
+				n := 0
+				if m.cur != "" {
+					for _, pos := range m.curP.positions(id) {
+						args = append(args, pos)
+						n++
+					}
+				}
+				args[1] = n
+				if m.build != "" {
+					for _, pos := range m.buildP.positions(id) {
+						args = append(args, pos)
+					}
+				}
+				cmds[i] = p.Eval(ctx, addScript, []string{f.metaKey(entity), f.bitsKey(entity, curSlot), f.bitsKey(entity, buildSlot)}, args...)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		stale := false
+		for _, c := range cmds {
+			if n, _ := c.Int64(); n == -1 {
+				stale = true
+			}
+		}
+		if !stale {
+			return nil
+		}
+		reload = true
+	}
+	return errStale
+}
+
+// orSlot names a slot even when there is none, so that scripts always get their three keys.
+func orSlot(s string) string {
+	if s == "" {
+		return "a"
+	}
+	return s
+}
+
+// begin: KEYS meta, bits a, bits b; ARGV m, k, token → the slot being built.
+const beginScript = `
+local cur = redis.call('HGET', KEYS[1], 'cur')
+local slot, bits = 'a', KEYS[2]
+if cur == 'a' then slot, bits = 'b', KEYS[3] end
+redis.call('DEL', bits)
+redis.call('HSET', KEYS[1], 'build', slot, 'build_m', ARGV[1], 'build_k', ARGV[2], 'build_token', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return slot`
+
+// commit: KEYS meta, bits a, bits b; ARGV token → 1 switched, 0 the build was taken over.
+const commitScript = `
+if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return 0 end
+local old = redis.call('HGET', KEYS[1], 'cur')
+local slot = redis.call('HGET', KEYS[1], 'build')
+redis.call('HSET', KEYS[1], 'cur', slot,
+  'cur_m', redis.call('HGET', KEYS[1], 'build_m'), 'cur_k', redis.call('HGET', KEYS[1], 'build_k'),
+  'build', '', 'build_m', '0', 'build_k', '0', 'build_token', '')
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+if old == 'a' and slot == 'b' then redis.call('DEL', KEYS[2]) end
+if old == 'b' and slot == 'a' then redis.call('DEL', KEYS[3]) end
+return 1`
+
+// abort: KEYS meta, bits a, bits b; ARGV token → 1 aborted, 0 not ours.
+const abortScript = `
+if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return 0 end
+local slot = redis.call('HGET', KEYS[1], 'build')
+redis.call('HSET', KEYS[1], 'build', '', 'build_m', '0', 'build_k', '0', 'build_token', '')
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+if slot == 'a' then redis.call('DEL', KEYS[2]) end
+if slot == 'b' then redis.call('DEL', KEYS[3]) end
+return 1`
+
+// Build is a rebuild under way. The current filter answers until Commit.
+type Build struct {
+	f      *Filters
+	entity string
+	slot   string
+	params Params
+	token  string
+}
+
+// ErrTakenOver means another rebuild began after this one; this one cannot commit.
+var ErrTakenOver = errors.New("bloom: another rebuild of this filter began meanwhile")
+
+// Begin starts a rebuild sized by params. From now on Add writes to the new bitmap too, so
+// ids added during the scan are not lost. A later Begin takes over from an unfinished one.
+func (f *Filters) Begin(ctx context.Context, entity string, params Params) (*Build, error) {
+	var tok [16]byte
+	rand.Read(tok[:])
+	b := &Build{f: f, entity: entity, params: params, token: hex.EncodeToString(tok[:])}
+	slot, err := f.rdb.Eval(ctx, beginScript, f.allKeys(entity), params.M, params.K, b.token).Text()
+	if err != nil {
+		return nil, err
+	}
+	b.slot = slot
+	f.load(ctx, entity)
+	return b, nil
+}
+
+func (f *Filters) allKeys(entity string) []string {
+	return []string{f.metaKey(entity), f.bitsKey(entity, "a"), f.bitsKey(entity, "b")}
+}
+
+// Add sets the bits of ids in the new bitmap only: the scan's part of the rebuild.
+func (b *Build) Add(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := make([]any, 0, len(ids)*int(b.params.K)*4)
+	for _, id := range ids {
+		for _, pos := range b.params.positions(id) {
+			args = append(args, "SET", "u1", pos, 1)
+		}
+	}
+	return b.f.rdb.BitField(ctx, b.f.bitsKey(b.entity, b.slot), args...).Err()
+}
+
+// Commit makes the new bitmap the filter, atomically, and drops the old one.
+func (b *Build) Commit(ctx context.Context) error {
+	n, err := b.f.rdb.Eval(ctx, commitScript, b.f.allKeys(b.entity), b.token).Int64()
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return ErrTakenOver
+	}
+	_, err = b.f.load(ctx, b.entity)
+	return err
+}
+
+// Abort drops the new bitmap and leaves the current filter as it was. It runs even when ctx
+// has ended (an interrupted preload aborts on its way out).
+func (b *Build) Abort(ctx context.Context) error {
+	err := b.f.rdb.Eval(context.WithoutCancel(ctx), abortScript, b.f.allKeys(b.entity), b.token).Err()
+	b.f.load(context.WithoutCancel(ctx), b.entity)
+	return err
+}
+
+// Stats describe an entity's current filter.
+type Stats struct {
+	Exists  bool
+	Params  Params
+	BitsSet uint64
+	// Items is the number of distinct ids the filter holds, estimated from the bits set.
+	Items float64
+	// FPRate is the false-positive rate at that fill, estimated from the bits set.
+	FPRate float64
+}
+
+// BitsPerItem is the filter's size per estimated item.
+func (s Stats) BitsPerItem() float64 {
+	if s.Items == 0 {
+		return 0
+	}
+	return float64(s.Params.M) / s.Items
+}
+
+// Stats reads the current filter's size and fill.
+func (f *Filters) Stats(ctx context.Context, entity string) (Stats, error) {
+	m, err := f.load(ctx, entity)
+	if err != nil || m.cur == "" || m.curP.M == 0 {
+		return Stats{}, err
+	}
+	x, err := f.rdb.BitCount(ctx, f.bitsKey(entity, m.cur), nil).Result()
+	if err != nil {
+		return Stats{}, err
+	}
+	s := Stats{Exists: true, Params: m.curP, BitsSet: uint64(x)}
+	mf, kf := float64(m.curP.M), float64(m.curP.K)
+	frac := float64(x) / mf
+	if frac < 1 {
+		s.Items = -mf / kf * math.Log(1-frac)
+	} else {
+		s.Items = math.Inf(1)
+	}
+	s.FPRate = math.Pow(frac, kf)
+	return s, nil
+}

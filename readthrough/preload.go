@@ -1,0 +1,249 @@
+package readthrough
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/singleflight"
+)
+
+// Scanner walks an entity's ids in key order, for the preload.
+type Scanner interface {
+	// ScanIDs returns up to limit ids in key order after *after (nil: from the start).
+	ScanIDs(ctx context.Context, entity string, after *string, limit int) ([]string, error)
+	// EstimateRows is the table's approximate row count, for progress.
+	EstimateRows(ctx context.Context, entity string) (int64, error)
+}
+
+// PreloadOptions configure Preload. Entity, Scanner and Leases are required.
+type PreloadOptions struct {
+	Entity  string
+	Scanner Scanner
+	// Leases guard the fills exactly as on the read path: a warm takes a key's lease before it
+	// reads the row, so a write invalidated meanwhile cannot be undone by the warm.
+	Leases *singleflight.Leases
+	// IDs, when set, are the only ids warmed (canonical, as ParseID returns them); the filter is
+	// not rebuilt, but ids found are added to it. Nil: the whole table, and the filter is rebuilt.
+	IDs []string
+	// Batch is the ids per scan page, MySQL query and Redis pipeline. Default 1000.
+	Batch int
+	// Rate caps the rows read from MySQL per second. 0: no cap.
+	Rate float64
+	// Progress, if set, is called after every batch.
+	Progress func(PreloadStats)
+}
+
+// PreloadStats report a preload, also as it goes.
+type PreloadStats struct {
+	Entity string
+	// Total is the expected number of ids: the server's estimate for a scan, exact for IDs.
+	Total int64
+	// Rows is the ids seen so far.
+	Rows int64
+	// Warmed rows and null markers written; AlreadyCached ids had a value (or another loader).
+	Warmed, NullMarkers, AlreadyCached int64
+	// Bytes of cached values written.
+	Bytes   int64
+	Elapsed time.Duration
+	// Filter is the rebuilt filter's state, after a scan of an entity with a filter.
+	Filter *bloom.Stats
+}
+
+// RowsPerSecond is the scan rate.
+func (s PreloadStats) RowsPerSecond() float64 {
+	if s.Elapsed <= 0 {
+		return 0
+	}
+	return float64(s.Rows) / s.Elapsed.Seconds()
+}
+
+// Preload warms the cache for an entity in bulk with the read path's envelope and jittered
+// TTLs, and, for a full scan of an entity with a Bloom filter, rebuilds the filter from the
+// scan. Interrupted (ctx ends), it stops after the current batch, leaves the current filter
+// as it was, and returns the stats so far with ctx's error.
+func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats, error) {
+	e := r.entities[opts.Entity]
+	if e == nil {
+		return PreloadStats{}, fmt.Errorf("%w: %q", ErrUnknownEntity, opts.Entity)
+	}
+	if opts.Scanner == nil || opts.Leases == nil {
+		return PreloadStats{}, errors.New("readthrough: Preload needs a Scanner and Leases")
+	}
+	batch := opts.Batch
+	if batch <= 0 {
+		batch = 1000
+	}
+	st := PreloadStats{Entity: e.Name}
+	start := time.Now()
+	progress := func() {
+		st.Elapsed = time.Since(start)
+		if opts.Progress != nil {
+			opts.Progress(st)
+		}
+	}
+	throttle := func() error {
+		if opts.Rate <= 0 {
+			return nil
+		}
+		due := time.Duration(float64(st.Rows) / opts.Rate * float64(time.Second))
+		if wait := due - time.Since(start); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+		return nil
+	}
+
+	if opts.IDs != nil {
+		st.Total = int64(len(opts.IDs))
+		for i := 0; i < len(opts.IDs); i += batch {
+			if err := ctx.Err(); err != nil {
+				return st, err
+			}
+			ids := opts.IDs[i:min(i+batch, len(opts.IDs))]
+			found, err := r.warm(ctx, e, opts.Leases, ids, &st)
+			if err != nil {
+				return st, err
+			}
+			if e.Bloom && r.filters != nil && len(found) > 0 {
+				if err := r.filters.Add(ctx, e.Name, found...); err != nil {
+					return st, fmt.Errorf("bloom: %w", err)
+				}
+			}
+			progress()
+			if err := throttle(); err != nil {
+				return st, err
+			}
+		}
+		st.Elapsed = time.Since(start)
+		return st, nil
+	}
+
+	st.Total, _ = opts.Scanner.EstimateRows(ctx, e.Name) // only for progress
+	var build *bloom.Build
+	if e.Bloom && r.filters != nil {
+		// Begin before the scan: ids inserted from now on are added to the new filter by Add,
+		// and ids inserted before are seen by the scan.
+		var err error
+		if build, err = r.filters.Begin(ctx, e.Name, e.BloomParams); err != nil {
+			return st, fmt.Errorf("bloom: %w", err)
+		}
+		defer func() {
+			if build != nil {
+				build.Abort(ctx) // not committed: the current filter stays as it was
+			}
+		}()
+	}
+	var after *string
+	for {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		ids, err := opts.Scanner.ScanIDs(ctx, e.Name, after, batch)
+		if err != nil {
+			return st, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		if build != nil {
+			if err := build.Add(ctx, ids); err != nil {
+				return st, fmt.Errorf("bloom: %w", err)
+			}
+		}
+		if _, err := r.warm(ctx, e, opts.Leases, ids, &st); err != nil {
+			return st, err
+		}
+		last := ids[len(ids)-1]
+		after = &last
+		progress()
+		if err := throttle(); err != nil {
+			return st, err
+		}
+	}
+	if build != nil {
+		if err := build.Commit(ctx); err != nil {
+			return st, fmt.Errorf("bloom: %w", err)
+		}
+		build = nil
+		fs, err := r.filters.Stats(ctx, e.Name)
+		if err != nil {
+			return st, fmt.Errorf("bloom: %w", err)
+		}
+		st.Filter = &fs
+	}
+	st.Elapsed = time.Since(start)
+	return st, nil
+}
+
+// warm fills the keys of ids that have no value, under their leases, with one MySQL query and
+// one Redis pipeline, and returns the ids whose rows exist.
+func (r *Reader) warm(ctx context.Context, e *entity, leases *singleflight.Leases, ids []string, st *PreloadStats) (found []string, err error) {
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = CacheKey(r.prefix, e.Name, id)
+	}
+	held, err := leases.AcquireMissing(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+	}
+	var load []string
+	var loadLeases []*singleflight.Lease
+	for i, l := range held {
+		if l == nil {
+			st.AlreadyCached++
+			continue
+		}
+		load = append(load, ids[i])
+		loadLeases = append(loadLeases, l)
+	}
+	st.Rows += int64(len(ids))
+	if len(load) == 0 {
+		return nil, nil
+	}
+	fillsDone := false
+	defer func() {
+		if !fillsDone {
+			leases.Release(loadLeases)
+		}
+	}()
+	rows, err := r.sourceLoad(ctx, e, load)
+	if err != nil {
+		return nil, err
+	}
+	fills := make([]singleflight.Fill, len(load))
+	for i, id := range load {
+		var en Entry
+		if row, ok := rows[id]; ok {
+			en = e.valueEntry(loadLeases[i].Key, row)
+			found = append(found, id)
+		} else {
+			en = e.nullEntry(loadLeases[i].Key) // deleted since the scan saw it
+		}
+		fills[i] = singleflight.Fill{Lease: loadLeases[i], Value: en.Value, TTL: en.TTL}
+	}
+	landed, err := leases.Fill(ctx, fills)
+	fillsDone = true
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+	}
+	for i, ok := range landed {
+		switch {
+		case !ok:
+			e.m.leaseLost.Inc() // invalidated meanwhile; the next read loads it
+		case fills[i].Value[1] == kindNull:
+			st.NullMarkers++
+			e.m.nullMarkers.Inc()
+		default:
+			st.Warmed++
+			st.Bytes += int64(len(fills[i].Value))
+			e.m.fills.Inc()
+		}
+	}
+	return found, nil
+}
