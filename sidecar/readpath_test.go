@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sidecache/sidecache/internal/mysqlsource"
+	"github.com/sidecache/sidecache/readthrough"
 )
 
 const itemsSchema = `
@@ -255,4 +256,35 @@ func TestMySQLErrorIs503(t *testing.T) {
 	}
 	e.exec("RENAME TABLE items_gone TO items")
 	e.get("/v1/items/2").want(t, 200, "miss")
+}
+
+func TestBloomAnswersAbsentIDsWithoutAQuery(t *testing.T) {
+	e := newDB(t, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, v INT);
+INSERT INTO items SELECT seq, seq FROM seq_1_to_2000`).start(`entities:
+  - name: items
+    bloom: {enabled: true, expected_items: 5000, fp_rate: 0.001}
+`)
+	// No filter yet: the guard is open, so an absent id is looked up.
+	e.get("/v1/items/900001").want(t, 404, "miss")
+	if _, err := e.sc.Preload(context.Background(), readthrough.PreloadOptions{Entity: "items"}); err != nil {
+		t.Fatal(err)
+	}
+	before := e.queries("items")
+	for id := 900002; id < 900052; id++ {
+		e.get(fmt.Sprintf("/v1/items/%d", id)).want(t, 404, "negative")
+	}
+	if n := e.queries("items") - before; n > 1 { // fp 0.001 over 50 ids
+		t.Errorf("%d absent ids reached MariaDB past the filter", n)
+	}
+	r := e.get("/v1/items?id=1999&id=900100&id=2000").want(t, 200, "hit")
+	if string(r.body) != `{"items":{"1999":{"id":1999,"v":1999},"2000":{"id":2000,"v":2000}},"missing":["900100"]}` {
+		t.Errorf("multi-get body %s", r.body)
+	}
+	metrics := e.get("/metrics").body
+	for _, want := range []string{`sidecache_bloom_checks_total{entity="items",result="absent"}`, `sidecache_bloom_bits{entity="items"}`,
+		`sidecache_bloom_fp_rate_estimate{entity="items"}`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
 }

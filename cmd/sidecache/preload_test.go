@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
+)
+
+// preloadSetup makes a table of n rows and a config with a Bloom filter for it.
+func preloadSetup(t *testing.T, db string, n int) (cfgPath string, rc *redis.Client) {
+	t.Helper()
+	s := devstack.Require(t, stack)
+	ctx := context.Background()
+	dsn, err := s.CreateDatabase(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := s.Root(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if _, err := root.Exec(fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_%d`, n)); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath = filepath.Join(t.TempDir(), "sidecache.yaml")
+	doc := fmt.Sprintf(`log: {level: error}
+mysql: {dsn: %q}
+redis: {addrs: [%q], key_prefix: %q}
+entities:
+  - name: items
+    ttl: 60s
+    bloom: {enabled: true, expected_items: %d, fp_rate: 0.01}
+`, dsn, s.RedisAddr, db+":", n)
+	if err := os.WriteFile(cfgPath, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	t.Cleanup(func() { rc.Close() })
+	return cfgPath, rc
+}
+
+func runBin(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func TestPreloadCommand(t *testing.T) {
+	cfg, rc := preloadSetup(t, "cmd_preload", 5000)
+	ctx := context.Background()
+
+	bad := filepath.Join(t.TempDir(), "ids.txt")
+	os.WriteFile(bad, []byte("1\n2\n# hot ids\n\nabc\n3\n99999999999\n"), 0o600)
+	_, stderr, code := runBin(t, "preload", "--config", cfg, "--entity", "items", "--ids", bad)
+	if code != 1 || !strings.Contains(stderr, "line 5") || !strings.Contains(stderr, "line 7") || !strings.Contains(stderr, "nothing was preloaded") {
+		t.Errorf("bad ids file: exit %d, stderr %q; want 1 naming lines 5 and 7", code, stderr)
+	}
+	if keys := rc.Keys(ctx, "cmd_preload:*").Val(); len(keys) != 0 {
+		t.Errorf("a rejected ids file still wrote %v", keys)
+	}
+
+	if _, stderr, code = runBin(t, "preload", "--config", cfg, "--entity", "nope"); code != 1 || !strings.Contains(stderr, `no entity "nope" (configured: items)`) {
+		t.Errorf("unknown entity: exit %d, stderr %q", code, stderr)
+	}
+
+	good := filepath.Join(t.TempDir(), "hot.txt")
+	os.WriteFile(good, []byte("7\n8\n8\n"), 0o600)
+	stdout, stderr, code := runBin(t, "preload", "--config", cfg, "--entity", "items", "--ids", good)
+	if code != 0 || !strings.Contains(stdout, "preloaded items: 2 rows") || !strings.Contains(stdout, "2 warmed") {
+		t.Errorf("ids preload: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+
+	stdout, stderr, code = runBin(t, "preload", "--config", cfg, "--entity", "items")
+	if code != 0 || !strings.Contains(stdout, "preloaded items: 5000 rows") || !strings.Contains(stdout, "4998 warmed, 2 already cached") ||
+		!strings.Contains(stdout, "bloom filter items:") {
+		t.Errorf("full preload: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if n := rc.Exists(ctx, "cmd_preload:{items:5000}").Val(); n != 1 {
+		t.Error("the last row was not warmed")
+	}
+}
+
+func TestPreloadInterruptLeavesFilter(t *testing.T) {
+	cfg, rc := preloadSetup(t, "cmd_preload_int", 20000)
+	ctx := context.Background()
+	if _, stderr, code := runBin(t, "preload", "--config", cfg, "--entity", "items"); code != 0 {
+		t.Fatalf("first preload: %d %s", code, stderr)
+	}
+	meta := "cmd_preload_int:{bloom:items}:meta"
+	before := rc.HGetAll(ctx, meta).Val()
+
+	// A slow rebuild, interrupted once it is under way.
+	cmd := exec.Command(bin, "preload", "--config", cfg, "--entity", "items", "--rate", "2000", "--batch", "100")
+	stderr, _ := cmd.StderrPipe()
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() && !strings.HasPrefix(sc.Text(), "preload items:") {
+	}
+	if rc.HGet(ctx, meta, "build").Val() == "" {
+		t.Fatal("no rebuild under way while the preload ran")
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	var rest strings.Builder
+	for sc.Scan() {
+		rest.WriteString(sc.Text() + "\n")
+	}
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(rest.String(), "interrupted after") {
+		t.Fatalf("interrupted preload: %v, stderr %q", err, rest.String())
+	}
+	after := rc.HGetAll(ctx, meta).Val()
+	if after["cur"] != before["cur"] || after["cur_m"] != before["cur_m"] || after["build"] != "" {
+		t.Errorf("filter meta before %v, after the interrupt %v: want the same filter and no build", before, after)
+	}
+	if !strings.Contains(stdout.String(), "preloaded items:") {
+		t.Errorf("no summary after the interrupt: %q", stdout.String())
+	}
+}
