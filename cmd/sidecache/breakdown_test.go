@@ -21,8 +21,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // cluster is several `sidecache serve` processes on one database and one Redis.
@@ -38,21 +36,11 @@ type cluster struct {
 // startCluster starts n serve processes with the lease on or off.
 func startCluster(t *testing.T, db string, n int, lease bool, leaseTTL time.Duration) *cluster {
 	t.Helper()
-	s := devstack.Require(t, stack)
-	ctx := context.Background()
-	dsn, err := s.CreateDatabase(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := &cluster{t: t, db: db}
-	if c.root, err = s.Root(db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.root.Close() })
-	if _, err := c.root.Exec(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
-		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_10`); err != nil {
-		t.Fatal(err)
-	}
+	dsn, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_10`)
+	c.root = root
+	s := stack
 	c.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { c.rc.Close() })
 	for i := range n {
