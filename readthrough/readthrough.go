@@ -213,11 +213,8 @@ func (r *Reader) Close() {
 	r.refreshWG.Wait()
 }
 
-// CacheKey is the Redis key of an entity's row: prefix{entity:id}. The braces are a Redis
-// Cluster hash tag, so the row and anything keyed beside it (its lease) share a slot.
-func CacheKey(prefix, entity, id string) string {
-	return prefix + "{" + entity + ":" + id + "}"
-}
+// CacheKey is the Redis key of an entity's row (singleflight.CacheKey).
+func CacheKey(prefix, entity, id string) string { return singleflight.CacheKey(prefix, entity, id) }
 
 // Get answers one id. When the row does not exist the error is ErrNotFound and the Result still
 // says where that answer came from (Negative: a null marker; Miss: MySQL).

@@ -16,6 +16,7 @@ import (
 var (
 	errNoRoute          = errors.New("no such route")
 	errMethodNotAllowed = errors.New("method not allowed")
+	errDeleteFailed     = errors.New("cache delete failed")
 )
 
 // Header values shared by every response; net/http does not modify them.
@@ -33,9 +34,15 @@ type reader interface {
 	GetMany(ctx context.Context, entity string, ids []string) (readthrough.Many, error)
 }
 
+// invalidator is what the HTTP layer needs for POST .../invalidate.
+type invalidator interface {
+	Invalidate(ctx context.Context, entity, id string) error
+}
+
 // api serves the HTTP API.
 type api struct {
 	reader  reader
+	inval   invalidator
 	log     *slog.Logger
 	metrics *httpMetrics
 	ready   func(context.Context) error
@@ -46,6 +53,7 @@ type api struct {
 func (a *api) routes(metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/{entity}/{id}", a.getOne)
+	mux.HandleFunc("/v1/{entity}/{id}/invalidate", a.invalidate)
 	mux.HandleFunc("/v1/{entity}", a.getMany)
 	mux.HandleFunc("/healthz", a.healthz)
 	mux.HandleFunc("/readyz", a.readyz)
@@ -58,12 +66,31 @@ func (a *api) routes(metrics http.Handler) http.Handler {
 
 // onlyGET answers 405 for anything but GET and reports whether the request may go on.
 func (a *api) onlyGET(w http.ResponseWriter, r *http.Request) bool {
-	if r.Method == http.MethodGet {
+	return a.only(w, r, http.MethodGet)
+}
+
+func (a *api) only(w http.ResponseWriter, r *http.Request, method string) bool {
+	if r.Method == method {
 		return true
 	}
-	w.Header().Set("Allow", http.MethodGet)
+	w.Header().Set("Allow", method)
 	a.writeError(w, "", errMethodNotAllowed)
 	return false
+}
+
+// invalidate is the synchronous update-then-delete for applications that invalidate right
+// after their own write: the key is deleted (and its lease voided) before the 204, and deleted
+// again after cdc.double_delete_delay.
+func (a *api) invalidate(w http.ResponseWriter, r *http.Request) {
+	if !a.only(w, r, http.MethodPost) {
+		return
+	}
+	entity := r.PathValue("entity")
+	if err := a.inval.Invalidate(r.Context(), entity, r.PathValue("id")); err != nil {
+		a.writeError(w, entity, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
@@ -181,6 +208,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusServiceUnavailable, "db_unavailable"
 	case errors.Is(err, readthrough.ErrWaitTimeout):
 		return http.StatusServiceUnavailable, "wait_timeout"
+	case errors.Is(err, errDeleteFailed):
+		return http.StatusServiceUnavailable, "cache_unavailable"
 	}
 	return http.StatusInternalServerError, "internal"
 }

@@ -288,3 +288,33 @@ INSERT INTO items SELECT seq, seq FROM seq_1_to_2000`).start(`entities:
 		}
 	}
 }
+
+func TestInvalidateEndpoint(t *testing.T) {
+	e := newDB(t, itemsSchema).start(itemsEntity)
+	e.get("/v1/items/1").want(t, 200, "miss")
+	e.get("/v1/items/1").want(t, 200, "hit")
+	e.exec("UPDATE items SET name = 'uno' WHERE id = 1")
+	post := func(path string) int {
+		res, err := http.Post(e.url+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if code := post("/v1/items/1/invalidate"); code != 204 {
+		t.Fatalf("POST invalidate: %d, want 204", code)
+	}
+	if r := e.get("/v1/items/1").want(t, 200, "miss"); !strings.Contains(string(r.body), `"uno"`) {
+		t.Errorf("after invalidate: %s", r.body)
+	}
+	if code := post("/v1/items/abc/invalidate"); code != 400 {
+		t.Errorf("POST invalidate of a bad id: %d, want 400", code)
+	}
+	if code := post("/v1/nope/1/invalidate"); code != 404 {
+		t.Errorf("POST invalidate of an unknown entity: %d, want 404", code)
+	}
+	if r := e.get("/v1/items/1/invalidate"); r.status != 405 {
+		t.Errorf("GET invalidate: %d, want 405", r.status)
+	}
+}

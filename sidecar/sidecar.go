@@ -15,10 +15,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
+	"github.com/sidecache/sidecache/invalidation"
 	"github.com/sidecache/sidecache/readthrough"
 	"github.com/sidecache/sidecache/singleflight"
 )
@@ -44,6 +46,7 @@ type Sidecar struct {
 	reader  *readthrough.Reader
 	leases  *singleflight.Leases
 	filters *bloom.Filters // nil when no entity has a filter
+	inval   *invalidation.Invalidator
 	handler http.Handler
 }
 
@@ -161,7 +164,11 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	reg.MustRegister(buildInfo)
 	buildInfo.WithLabelValues(version).Set(1)
 
+	s.inval = invalidation.New(invalidation.Options{
+		Deleter: s.leases, Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
+	})
 	a := &api{
+		inval:   s,
 		reader:  s.reader,
 		log:     log,
 		metrics: newHTTPMetrics(reg, names),
@@ -173,6 +180,26 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 
 // Handler returns the HTTP API.
 func (s *Sidecar) Handler() http.Handler { return s.handler }
+
+// Invalidate deletes an entity's key now and again after the double-delete delay; for an
+// entity with a Bloom filter it first adds the id, so a row just inserted is not held absent.
+func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
+	id, err := s.reader.ParseID(entity, raw)
+	if err != nil {
+		return err
+	}
+	if ce := s.cfg.Entity(entity); ce.Bloom.Enabled && s.filters != nil {
+		if err := s.filters.Add(ctx, entity, id); err != nil {
+			return fmt.Errorf("%w: bloom: %w", errDeleteFailed, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
+	defer cancel()
+	if _, err := s.inval.Delete(ctx, []string{singleflight.CacheKey(s.cfg.Redis.KeyPrefix, entity, id)}); err != nil {
+		return fmt.Errorf("%w: %w", errDeleteFailed, err)
+	}
+	return nil
+}
 
 // ParseID validates raw as an id of entity and returns its canonical form.
 func (s *Sidecar) ParseID(entity, raw string) (string, error) { return s.reader.ParseID(entity, raw) }
@@ -216,6 +243,16 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	// The invalidator's second deletes (and later the binlog tail) run beside the server and
+	// stop with it.
+	wctx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
+	var workers errgroup.Group
+	workers.Go(func() error { return s.inval.Run(wctx) })
+	defer func() {
+		stopWorkers()
+		workers.Wait()
+	}()
+
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	s.log.Info("serving", "addr", ln.Addr().String(), "entities", len(s.cfg.Entities))

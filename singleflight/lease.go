@@ -21,6 +21,13 @@ import (
 // A value key and its lease key share a Redis Cluster hash slot when the value key carries a
 // hash tag ({...}), which every sidecache key does.
 
+// CacheKey is the Redis key of an entity's row: prefix{entity:id}. The braces are a Redis
+// Cluster hash tag, so the row and its lease share a slot. The read path fills it and the
+// invalidation path deletes it, so both take it from here.
+func CacheKey(prefix, entity, id string) string {
+	return prefix + "{" + entity + ":" + id + "}"
+}
+
 // LeaseKey returns the lease key of a value key.
 func LeaseKey(key string) string { return key + ":lease" }
 
