@@ -10,14 +10,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
+	mysqldrv "github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/cdc"
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/invalidation"
@@ -47,6 +50,8 @@ type Sidecar struct {
 	leases  *singleflight.Leases
 	filters *bloom.Filters // nil when no entity has a filter
 	inval   *invalidation.Invalidator
+	tail    *cdc.Tail // nil unless cdc.enabled
+	cdcDB   *sql.DB
 	handler http.Handler
 }
 
@@ -65,9 +70,6 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	version := opts.Version
 	if version == "" {
 		version = "dev"
-	}
-	if cfg.CDC.Enabled {
-		return nil, fmt.Errorf("%w: cdc.enabled: the binlog tail is not part of this build yet; set it to false", config.ErrInvalid)
 	}
 	anyBloom := false
 	for _, e := range cfg.Entities {
@@ -167,6 +169,12 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	s.inval = invalidation.New(invalidation.Options{
 		Deleter: s.leases, Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
 	})
+	if cfg.CDC.Enabled {
+		if err := s.startCDC(pctx, reg, schema); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	a := &api{
 		inval:   s,
 		reader:  s.reader,
@@ -248,6 +256,9 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	wctx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	var workers errgroup.Group
 	workers.Go(func() error { return s.inval.Run(wctx) })
+	if s.tail != nil {
+		workers.Go(func() error { return s.tail.Run(wctx) })
+	}
 	defer func() {
 		stopWorkers()
 		workers.Wait()
@@ -279,5 +290,45 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Sidecar) Close() error {
 	s.reader.Close()
 	s.source.Close()
-	return errors.Join(s.redis.Close(), s.db.Close())
+	var cdcErr error
+	if s.cdcDB != nil {
+		cdcErr = s.cdcDB.Close()
+	}
+	return errors.Join(s.redis.Close(), s.db.Close(), cdcErr)
+}
+
+// startCDC prepares the binlog tail: the tables of the configured entities, a connection for
+// its checks, and the checks themselves.
+func (s *Sidecar) startCDC(ctx context.Context, reg prometheus.Registerer, schema string) error {
+	cfg := s.cfg
+	dc, err := mysqldrv.ParseDSN(cfg.CDC.DSN)
+	if err != nil {
+		return fmt.Errorf("%w: cdc.dsn: %v", config.ErrInvalid, err)
+	}
+	host, portStr, err := net.SplitHostPort(dc.Addr)
+	if err != nil {
+		return fmt.Errorf("%w: cdc.dsn: %v", config.ErrInvalid, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return fmt.Errorf("%w: cdc.dsn: port %q", config.ErrInvalid, portStr)
+	}
+	if s.cdcDB, err = sql.Open("mysql", cfg.CDC.DSN); err != nil {
+		return err
+	}
+	tables := map[string][]cdc.Target{}
+	for _, ce := range cfg.Entities {
+		se := s.source.Entity(ce.Name)
+		tables[se.Table] = append(tables[se.Table], cdc.Target{
+			Entity: ce.Name, KeyColumn: se.KeyName, KeyIndex: se.KeyOrdinal,
+			Unsigned: se.Key.Kind == mysqlsource.KeyUint, Bits: se.Key.Bits, Bloom: ce.Bloom.Enabled,
+		})
+	}
+	s.tail = cdc.New(cdc.Options{
+		Flavor: cfg.CDC.Flavor, ServerID: cfg.CDC.ServerID, Host: host, Port: uint16(port),
+		User: dc.User, Password: dc.Passwd, Schema: schema, Tables: tables, Prefix: cfg.Redis.KeyPrefix,
+		DB: s.cdcDB, Redis: s.redis, Invalidator: s.inval, Filters: s.filters,
+		LeaderTTL: cfg.CDC.LeaderTTL.D(), Registerer: reg, Logger: s.log,
+	})
+	return s.tail.Check(ctx)
 }

@@ -120,6 +120,12 @@ type CDC struct {
 	ServerID uint32 `yaml:"server_id"`
 	// DoubleDeleteDelay is how long after the first delete the second runs. Default 500ms.
 	DoubleDeleteDelay Duration `yaml:"double_delete_delay"`
+	// DSN is the account that reads the binlog: it needs REPLICATION SLAVE and REPLICATION
+	// CLIENT. Default: mysql.dsn.
+	DSN string `yaml:"dsn"`
+	// LeaderTTL is the leader lease: one sidecar per database tails, and a dead one is replaced
+	// within this period. Default 5s.
+	LeaderTTL Duration `yaml:"leader_ttl"`
 }
 
 // Entity maps a URL name to a table.
@@ -300,6 +306,8 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.CDC.Flavor, DefaultFlavor)
 	setDefault(&c.CDC.ServerID, DefaultServerID)
 	setDefault(&c.CDC.DoubleDeleteDelay, Duration(DefaultDoubleDelete))
+	setDefault(&c.CDC.DSN, c.MySQL.DSN)
+	setDefault(&c.CDC.LeaderTTL, Duration(5*time.Second))
 	for i := range c.Entities {
 		e := &c.Entities[i]
 		setDefault(&e.Table, e.Name)
@@ -408,6 +416,21 @@ func (c *Config) validate() error {
 	}
 	if c.CDC.DoubleDeleteDelay < 0 {
 		return bad("cdc.double_delete_delay", "must not be negative")
+	}
+	if c.CDC.LeaderTTL.D() < 300*time.Millisecond {
+		return bad("cdc.leader_ttl", "%v is too short (at least 300ms)", c.CDC.LeaderTTL.D())
+	}
+	if c.CDC.Enabled {
+		if c.CDC.ServerID == 0 {
+			return bad("cdc.server_id", "must not be 0")
+		}
+		cd, err := mysql.ParseDSN(c.CDC.DSN)
+		if err != nil {
+			return bad("cdc.dsn", "%v", err)
+		}
+		if cd.Net != "tcp" {
+			return bad("cdc.dsn", "the binlog is read over TCP; use tcp(host:port)")
+		}
 	}
 	if len(c.Entities) == 0 {
 		return bad("entities", "at least one entity is required")

@@ -63,7 +63,9 @@ type Entity struct {
 	Table   string
 	KeyName string
 	Key     Key
-	Columns []Column // the columns returned, in order
+	// KeyOrdinal is the key column's position in the table, from 0, as the schema is at start.
+	KeyOrdinal int
+	Columns    []Column // the columns returned, in order
 
 	one   *sql.Stmt
 	mu    sync.Mutex
@@ -177,6 +179,11 @@ func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*En
 	}
 
 	e := &Entity{Name: ce.Name, Table: ce.Table, KeyName: kc.name, Key: key, many: make(map[int]*sql.Stmt)}
+	for i := range cols {
+		if &cols[i] == kc {
+			e.KeyOrdinal = i
+		}
+	}
 	names := ce.Columns
 	if len(names) == 0 {
 		for _, c := range cols {
