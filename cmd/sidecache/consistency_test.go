@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// sidecarProc is one `sidecache serve` process.
+type sidecarProc struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+// startServe starts sidecache serve with cfg (a config document with %s for the listen
+// address) and waits until it serves.
+func startServe(t *testing.T, cfgDoc string) *sidecarProc {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	path := filepath.Join(t.TempDir(), "sc.yaml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(cfgDoc, addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--config", path)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 10000)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if testing.Verbose() && strings.Contains(sc.Text(), "level=WARN") || strings.Contains(sc.Text(), "level=ERROR") {
+				fmt.Fprintln(os.Stderr, addr, sc.Text())
+			}
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		close(lines)
+	}()
+	waitLog(t, lines, "msg=serving")
+	return &sidecarProc{addr: addr, cmd: cmd}
+}
+
+func (p *sidecarProc) isLeader() bool {
+	res, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		return false
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return strings.Contains(string(b), "\nsidecache_cdc_leader 1\n")
+}
+
+type consistencyRun struct {
+	t     *testing.T
+	db    string
+	root  *sql.DB
+	rc    *redis.Client
+	cfg   string
+	mu    sync.Mutex
+	procs []*sidecarProc
+	maxID atomic.Int64
+}
+
+const consistencyRows = 10_000
+
+func newConsistencyRun(t *testing.T, db string) *consistencyRun {
+	c := &consistencyRun{t: t, db: db}
+	_, c.root = newDatabase(t, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT NOT NULL);
+		INSERT INTO items SELECT seq, CONCAT('item ', seq), 0 FROM seq_1_to_%d`, consistencyRows))
+	c.maxID.Store(consistencyRows)
+	c.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
+	t.Cleanup(func() { c.rc.Close() })
+	c.cfg = `listen: %s
+log: {format: text}
+mysql: {dsn: "` + stack.DSN(db, db, db) + `"}
+redis: {addrs: ["` + stack.RedisAddr + `"], key_prefix: "` + db + `:"}
+cdc: {enabled: true, flavor: mariadb, server_id: SERVERID, dsn: "` + stack.DSN("root", "", db) + `", leader_ttl: 1s, double_delete_delay: 200ms}
+entities:
+  - name: items
+    ttl: 10m
+`
+	return c
+}
+
+var serverIDs atomic.Int32
+
+func (c *consistencyRun) start() *sidecarProc {
+	doc := strings.Replace(c.cfg, "SERVERID", fmt.Sprint(2000+serverIDs.Add(1)), 1)
+	p := startServe(c.t, doc)
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p
+}
+
+func (c *consistencyRun) remove(p *sidecarProc) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, q := range c.procs {
+		if q == p {
+			c.procs = append(c.procs[:i], c.procs[i+1:]...)
+			return
+		}
+	}
+}
+
+func (c *consistencyRun) anyProc(rng *rand.Rand) *sidecarProc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.procs) == 0 {
+		return nil
+	}
+	return c.procs[rng.IntN(len(c.procs))]
+}
+
+// load writes at rate for d (inserts, updates, key changes, deletes) while readers read
+// through the sidecars, and returns the writes done.
+func (c *consistencyRun) load(d time.Duration, rate int, midway func()) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var writes atomic.Int64
+	var wg sync.WaitGroup
+	const writers = 8
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			interval := time.Duration(writers) * time.Second / time.Duration(rate)
+			next := time.Now()
+			for ctx.Err() == nil {
+				id := 1 + rng.Int64N(c.maxID.Load())
+				var err error
+				switch r := rng.IntN(10); {
+				case r < 4:
+					_, err = c.root.Exec("UPDATE items SET name = ?, n = n + 1 WHERE id = ?", fmt.Sprintf("v%d", rng.Int()), id)
+				case r < 6:
+					_, err = c.root.Exec("INSERT INTO items VALUES (?, 'inserted', 0)", c.maxID.Add(1))
+				case r < 8:
+					_, err = c.root.Exec("UPDATE IGNORE items SET id = ? WHERE id = ?", c.maxID.Add(1), id)
+				default:
+					_, err = c.root.Exec("DELETE FROM items WHERE id = ?", id)
+				}
+				if err != nil {
+					c.t.Errorf("write: %v", err)
+					return
+				}
+				writes.Add(1)
+				next = next.Add(interval)
+				if wait := time.Until(next); wait > 0 {
+					time.Sleep(wait)
+				}
+			}
+		}()
+	}
+	for r := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(r), 2))
+			for ctx.Err() == nil {
+				p := c.anyProc(rng)
+				if p == nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				if res, err := http.Get(fmt.Sprintf("http://%s/v1/items/%d", p.addr, 1+rng.Int64N(c.maxID.Load()))); err == nil {
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+				}
+			}
+		}()
+	}
+	if midway != nil {
+		time.Sleep(d / 2)
+		midway()
+	}
+	wg.Wait()
+	return writes.Load()
+}
+
+// settle waits until the sidecars' checkpoint covers every write: then both deletes of every
+// change are done.
+func (c *consistencyRun) settle() time.Duration {
+	c.t.Helper()
+	var want string
+	if err := c.root.QueryRow("SELECT @@gtid_binlog_pos").Scan(&want); err != nil {
+		c.t.Fatal(err)
+	}
+	start := time.Now()
+	for {
+		var cp struct{ GTID string }
+		b, _ := c.rc.Get(context.Background(), c.db+":{cdc:"+c.db+"}:checkpoint").Bytes()
+		json.Unmarshal(b, &cp)
+		if cp.GTID == want {
+			return time.Since(start)
+		}
+		if time.Since(start) > 60*time.Second {
+			c.t.Fatalf("the checkpoint is at %q, the server at %q, after a minute", cp.GTID, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// verify reads every id through a sidecar and compares it with MariaDB.
+func (c *consistencyRun) verify() (checked, stale int) {
+	c.t.Helper()
+	truth := map[int64]string{}
+	rows, err := c.root.Query("SELECT id, name, n FROM items")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		var name string
+		var n int
+		rows.Scan(&id, &name, &n)
+		truth[id] = fmt.Sprintf(`{"id":%d,"name":%q,"n":%d}`, id, name, n)
+	}
+	rows.Close()
+	p := c.procs[0]
+	max := c.maxID.Load()
+	for from := int64(1); from <= max; from += 100 {
+		var ids []string
+		for id := from; id < from+100 && id <= max; id++ {
+			ids = append(ids, fmt.Sprintf("id=%d", id))
+		}
+		res, err := http.Get("http://" + p.addr + "/v1/items?" + strings.Join(ids, "&"))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		var got struct {
+			Items   map[string]json.RawMessage
+			Missing []string
+		}
+		json.NewDecoder(res.Body).Decode(&got)
+		res.Body.Close()
+		for id := from; id < from+100 && id <= max; id++ {
+			checked++
+			row, cached := got.Items[fmt.Sprint(id)]
+			want, exists := truth[id]
+			switch {
+			case exists && !cached, !exists && cached, exists && string(row) != want:
+				stale++
+				if stale <= 5 {
+					c.t.Errorf("id %d: sidecar %s, MariaDB %s", id, row, want)
+				}
+			}
+		}
+	}
+	return checked, stale
+}
+
+func (c *consistencyRun) report(mode string, writes int64, d, settle time.Duration) {
+	checked, stale := c.verify()
+	msg := fmt.Sprintf("consistency (%s): %d writes in %v (%.0f/s) on %d rows; settled %v after the writes; %d ids checked, %d stale or wrongly missing",
+		mode, writes, d, float64(writes)/d.Seconds(), consistencyRows, settle.Round(time.Millisecond), checked, stale)
+	c.t.Log(msg)
+	fmt.Println(msg)
+	if rate := float64(writes) / d.Seconds(); rate < 1000 {
+		c.t.Errorf("the writers managed %.0f writes/s, below the 1000/s this test is about", rate)
+	}
+}
+
+const (
+	consistencyFor  = 20 * time.Second
+	consistencyRate = 1100
+)
+
+func TestConsistencyUndisturbed(t *testing.T) {
+	c := newConsistencyRun(t, "cons_plain")
+	c.start()
+	c.start()
+	writes := c.load(consistencyFor, consistencyRate, nil)
+	c.report("undisturbed, 2 sidecars", writes, consistencyFor, c.settle())
+}
+
+func TestConsistencyLeaderKilled(t *testing.T) {
+	c := newConsistencyRun(t, "cons_kill")
+	a, b := c.start(), c.start()
+	writes := c.load(consistencyFor, consistencyRate, func() {
+		leader := a
+		if b.isLeader() {
+			leader = b
+		}
+		c.remove(leader)
+		leader.cmd.Process.Signal(syscall.SIGKILL)
+	})
+	c.report("CDC leader killed with SIGKILL midway, the other took over", writes, consistencyFor, c.settle())
+}
+
+func TestConsistencyRestartFromCheckpoint(t *testing.T) {
+	c := newConsistencyRun(t, "cons_restart")
+	p := c.start()
+	writes := c.load(consistencyFor, consistencyRate, func() {
+		c.remove(p)
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		p.cmd.Wait()
+		time.Sleep(time.Second) // writes go on while no sidecar runs
+		c.start()
+	})
+	c.report("the only sidecar killed midway and restarted from its checkpoint", writes, consistencyFor, c.settle())
+}
