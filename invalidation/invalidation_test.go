@@ -1,0 +1,99 @@
+package invalidation_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sidecache/sidecache/invalidation"
+)
+
+// flaky fails its first failures calls, then records what it deleted.
+type flaky struct {
+	mu       sync.Mutex
+	failures int
+	calls    int
+	deleted  [][]string
+}
+
+func (f *flaky) Invalidate(_ context.Context, keys ...string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls <= f.failures {
+		return errors.New("redis: i/o timeout")
+	}
+	f.deleted = append(f.deleted, slices.Clone(keys))
+	return nil
+}
+
+func (f *flaky) passes() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.deleted)
+}
+
+func TestDeleteTwiceWithRetries(t *testing.T) {
+	d := &flaky{failures: 3}
+	inv := invalidation.New(invalidation.Options{Deleter: d, Delay: 50 * time.Millisecond, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go inv.Run(ctx)
+	start := time.Now()
+	second, err := inv.Delete(ctx, []string{"k1", "k2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.passes(); len(got) != 1 {
+		t.Fatalf("after Delete returned: %v, want the first delete done (after 3 failures)", got)
+	}
+	select {
+	case <-second:
+		t.Fatal("the second delete was done at once")
+	default:
+	}
+	<-second
+	if since := time.Since(start); since < 50*time.Millisecond {
+		t.Errorf("the second delete came after %v, before the delay", since)
+	}
+	if got := d.passes(); len(got) != 2 || !slices.Equal(got[1], []string{"k1", "k2"}) {
+		t.Errorf("passes %v, want the keys deleted twice", got)
+	}
+}
+
+func TestDeleteGivesUpWithItsContext(t *testing.T) {
+	d := &flaky{failures: 1 << 30}
+	inv := invalidation.New(invalidation.Options{Deleter: d, RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	if _, err := inv.Delete(ctx, []string{"k"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want the context's error", err)
+	}
+}
+
+func TestSecondDeletesFinishInOrder(t *testing.T) {
+	d := &flaky{}
+	inv := invalidation.New(invalidation.Options{Deleter: d, Delay: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go inv.Run(ctx)
+	var dones []<-chan struct{}
+	for _, k := range []string{"a", "b", "c"} {
+		done, err := inv.Delete(ctx, []string{k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dones = append(dones, done)
+	}
+	<-dones[2]
+	for i, done := range dones[:2] {
+		select {
+		case <-done:
+		default:
+			t.Errorf("change %d's second delete is not done though a later one's is", i)
+		}
+	}
+}
