@@ -223,16 +223,35 @@ func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*re
 	} else {
 		t.log.Info("resuming from the checkpoint", "gtid", cp.GTID, "file", cp.File, "pos", cp.Pos)
 	}
-	if cp.GTID != "" {
-		set, err := mysql.ParseGTIDSet(t.o.Flavor, cp.GTID)
-		if err != nil {
-			return nil, cp, fmt.Errorf("cdc: checkpoint GTID set %q: %w", cp.GTID, err)
-		}
+	set, pos, err := resumePoint(t.o.Flavor, cp)
+	if err != nil {
+		return nil, cp, err
+	}
+	if set != nil {
 		st, err := syncer.StartSyncGTID(set)
 		return st, cp, err
 	}
-	st, err := syncer.StartSync(mysql.Position{Name: cp.File, Pos: cp.Pos})
+	st, err := syncer.StartSync(pos)
 	return st, cp, err
+}
+
+// resumePoint is where a checkpoint resumes: by GTID set when it has one (MariaDB, or MySQL
+// with gtid_mode on), else by binlog file and position.
+func resumePoint(flavor string, cp Checkpoint) (mysql.GTIDSet, mysql.Position, error) {
+	if cp.Flavor != "" && cp.Flavor != flavor {
+		return nil, mysql.Position{}, fmt.Errorf("cdc: the checkpoint was written for flavor %q, but cdc.flavor is %q", cp.Flavor, flavor)
+	}
+	if cp.GTID != "" {
+		set, err := mysql.ParseGTIDSet(flavor, cp.GTID)
+		if err != nil {
+			return nil, mysql.Position{}, fmt.Errorf("cdc: checkpoint GTID set %q: %w", cp.GTID, err)
+		}
+		return set, mysql.Position{}, nil
+	}
+	if cp.File == "" {
+		return nil, mysql.Position{}, errors.New("cdc: the checkpoint has neither a GTID set nor a binlog file")
+	}
+	return nil, mysql.Position{Name: cp.File, Pos: cp.Pos}, nil
 }
 
 // pending is a change (a transaction or a DDL) waiting for its second deletes.
@@ -254,6 +273,7 @@ func (t *Tail) tail(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cdc: start: %w", err)
 	}
+	cp.Flavor = t.o.Flavor
 
 	// The saver advances the checkpoint in binlog order, each step only once that change's
 	// second delete is done.

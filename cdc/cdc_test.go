@@ -179,6 +179,23 @@ func TestChangesInvalidateKeys(t *testing.T) {
 	}
 }
 
+// TestAlterTableWhileTailing: an ALTER that puts a column before the key, while the tail runs.
+func TestAlterTableWhileTailing(t *testing.T) {
+	g := newRig(t)
+	tl := g.tail(time.Second)
+	g.run(tl)
+	g.waitCheckpoint(tl)
+	g.cache(60, 70, 5)
+	g.exec("ALTER TABLE items ADD COLUMN extra INT NOT NULL DEFAULT 5 FIRST")
+	g.exec("UPDATE items SET name = 'x' WHERE id = 60")
+	g.exec("ALTER TABLE items DROP COLUMN extra")
+	g.exec("DELETE FROM items WHERE id = 70")
+	g.waitGone(60, 70)
+	if n := g.rc.Exists(context.Background(), g.key(5)).Val(); n != 1 {
+		t.Error("the tail deleted the key made of the added column's value")
+	}
+}
+
 // TestCatchUpAcrossAlterTable: changes made while no tail ran, then an ALTER that puts a column
 // before the key, then more changes; the tail catches up from its checkpoint and invalidates
 // every key, reading each event through its own column metadata.

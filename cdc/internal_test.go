@@ -1,0 +1,99 @@
+package cdc
+
+import (
+	"testing"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+)
+
+func TestResumePoint(t *testing.T) {
+	const mysqlSet = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7,4c7d8a9e-71ca-11e1-9e33-c80aa9429562:1-100"
+	tests := []struct {
+		name    string
+		flavor  string
+		cp      Checkpoint
+		wantSet string
+		wantPos mysql.Position
+		wantErr bool
+	}{
+		{"mysql by GTID", "mysql", Checkpoint{Flavor: "mysql", GTID: mysqlSet}, mysqlSet, mysql.Position{}, false},
+		{"mysql by position", "mysql", Checkpoint{Flavor: "mysql", File: "binlog.000042", Pos: 1234}, "", mysql.Position{Name: "binlog.000042", Pos: 1234}, false},
+		{"mariadb by GTID", "mariadb", Checkpoint{Flavor: "mariadb", GTID: "0-1-5,1-2-9"}, "0-1-5,1-2-9", mysql.Position{}, false},
+		{"GTID wins over position", "mysql", Checkpoint{GTID: mysqlSet, File: "binlog.000001", Pos: 4}, mysqlSet, mysql.Position{}, false},
+		{"flavor changed", "mariadb", Checkpoint{Flavor: "mysql", GTID: mysqlSet}, "", mysql.Position{}, true},
+		{"bad mysql set", "mysql", Checkpoint{GTID: "not-a-uuid:1-2"}, "", mysql.Position{}, true},
+		{"empty", "mysql", Checkpoint{}, "", mysql.Position{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set, pos, err := resumePoint(tt.flavor, tt.cp)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("got %v %v, want an error", set, pos)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.wantSet != "" {
+				want, _ := mysql.ParseGTIDSet(tt.flavor, tt.wantSet)
+				if set == nil || !set.Equal(want) {
+					t.Errorf("set %v, want %v", set, want)
+				}
+				return
+			}
+			if set != nil || pos != tt.wantPos {
+				t.Errorf("got %v %v, want position %v", set, pos, tt.wantPos)
+			}
+		})
+	}
+}
+
+func TestFormatID(t *testing.T) {
+	tests := []struct {
+		v    any
+		tg   Target
+		want string
+	}{
+		{int32(42), Target{Bits: 32}, "42"},
+		{int32(-7), Target{Bits: 32}, "-7"},
+		{int32(-1), Target{Unsigned: true, Bits: 32}, "4294967295"},           // INT UNSIGNED max
+		{int8(-1), Target{Unsigned: true, Bits: 8}, "255"},                    // TINYINT UNSIGNED max
+		{int32(-1), Target{Unsigned: true, Bits: 24}, "16777215"},             // MEDIUMINT UNSIGNED max
+		{int64(-1), Target{Unsigned: true, Bits: 64}, "18446744073709551615"}, // BIGINT UNSIGNED max
+		{int64(-9223372036854775808), Target{Bits: 64}, "-9223372036854775808"},
+		{uint64(18446744073709551615), Target{Unsigned: true, Bits: 64}, "18446744073709551615"},
+		{[]byte("JP"), Target{}, "JP"},
+		{"a:b}c", Target{}, "a:b}c"},
+	}
+	for _, tt := range tests {
+		if got, ok := formatID(tt.v, tt.tg); !ok || got != tt.want {
+			t.Errorf("formatID(%#v, %+v) = %q, %v; want %q", tt.v, tt.tg, got, ok, tt.want)
+		}
+	}
+	if _, ok := formatID(3.5, Target{}); ok {
+		t.Error("a float key value was formatted")
+	}
+}
+
+func TestKeyIndex(t *testing.T) {
+	tg := Target{KeyColumn: "id", KeyIndex: 0}
+	withNames := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("extra"), []byte("ID"), []byte("name")}, PrimaryKey: []uint64{1}}
+	if got := keyIndex(withNames, tg); got != 1 {
+		t.Errorf("with column names: %d, want 1", got)
+	}
+	pkOnly := &replication.TableMapEvent{PrimaryKey: []uint64{2}}
+	if got := keyIndex(pkOnly, tg); got != 2 {
+		t.Errorf("with the primary key only: %d, want 2", got)
+	}
+	bare := &replication.TableMapEvent{}
+	if got := keyIndex(bare, Target{KeyColumn: "id", KeyIndex: 3}); got != 3 {
+		t.Errorf("without metadata: %d, want the start-time index 3", got)
+	}
+	renamed := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("uid")}}
+	if got := keyIndex(renamed, tg); got != -1 {
+		t.Errorf("key column gone: %d, want -1 (reported, not guessed)", got)
+	}
+}
