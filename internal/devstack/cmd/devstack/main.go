@@ -26,6 +26,11 @@ func main() {
 	}
 }
 
+func mysqlPort(addr string) string {
+	_, port, _ := strings.Cut(addr, ":")
+	return port
+}
+
 func run() error {
 	bin := flag.String("bin", "bin/sidecache", "the sidecache binary to run")
 	listen := flag.String("listen", "127.0.0.1:8080", "address sidecache serves on")
@@ -64,8 +69,9 @@ func run() error {
 	logf("loaded %d items, %d users and the countries in %v", *items, *users, time.Since(start).Round(time.Millisecond))
 
 	cfgPath := filepath.Join(stack.Dir, "sidecache.yaml")
-	cfg := fmt.Sprintf("listen: %q\nlog:\n  format: text\nmysql:\n  dsn: %q\nredis:\n  addrs: [%q]\n  key_prefix: \"sc:\"\n%s",
-		*listen, dsn, stack.RedisAddr, devstack.SampleEntities)
+	cfg := fmt.Sprintf("listen: %q\nlog:\n  format: text\nmysql:\n  dsn: %q\nredis:\n  addrs: [%q]\n  key_prefix: \"sc:\"\n"+
+		"cdc:\n  enabled: true\n  flavor: mariadb\n  dsn: %q\n%s",
+		*listen, dsn, stack.RedisAddr, stack.DSN("root", "", "app"), devstack.SampleEntities)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}
@@ -83,6 +89,9 @@ Paste these in another terminal:
   curl -i '%[1]s/v1/items?id=1&id=2&id=999999'   # multi-get
   curl -i %[1]s/v1/users/7                   # a subset of columns (no email)
   curl -i %[1]s/v1/countries/JP              # a CHAR(2) key
+  mariadb -h 127.0.0.1 -P %[5]s -u root app -e "UPDATE items SET price = 1.00 WHERE id = 42"
+  curl -i %[1]s/v1/items/42                  # the binlog tail deleted the key: miss, price "1.00"
+  curl -i -X POST %[1]s/v1/items/42/invalidate   # 204: invalidate by hand, right after a write
   curl -i %[1]s/v1/items/abc                 # 400 invalid_id
   curl -i %[1]s/v1/nope/1                    # 404 unknown_entity
   curl -s %[1]s/readyz
@@ -90,7 +99,7 @@ Paste these in another terminal:
 
 Ctrl-C stops sidecache, MariaDB and Redis.
 
-`, base, stack.MySQLAddr, stack.RedisAddr, cfgPath)
+`, base, stack.MySQLAddr, stack.RedisAddr, cfgPath, mysqlPort(stack.MySQLAddr))
 
 	cmd := exec.Command(*bin, "serve", "--config", cfgPath)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
