@@ -274,6 +274,9 @@ func (t *Tail) tail(ctx context.Context) error {
 		return fmt.Errorf("cdc: start: %w", err)
 	}
 	cp.Flavor = t.o.Flavor
+	t.mu.Lock()
+	t.oldest = nil // this session's changes only
+	t.mu.Unlock()
 
 	// The saver advances the checkpoint in binlog order, each step only once that change's
 	// second delete is done.
