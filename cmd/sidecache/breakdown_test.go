@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -43,15 +39,8 @@ func startCluster(t *testing.T, db string, n int, lease bool, leaseTTL time.Dura
 	s := stack
 	c.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { c.rc.Close() })
-	for i := range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		path := filepath.Join(t.TempDir(), fmt.Sprintf("sc%d.yaml", i))
-		doc := fmt.Sprintf(`listen: %q
+	for range n {
+		p := startServe(t, fmt.Sprintf(`listen: %%s
 log: {format: text}
 limits: {request_timeout: 20s}
 mysql: {dsn: %q, query_timeout: 15s, max_open_conns: 4}
@@ -59,30 +48,9 @@ redis: {addrs: [%q], key_prefix: %q}
 lease: {enabled: %t, ttl: %q, wait: 15s}
 entities:
   - name: items
-`, addr, dsn, s.RedisAddr, db+":", lease, leaseTTL.String())
-		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin, "serve", "--config", path)
-		stderr, _ := cmd.StderrPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		lines := make(chan string, 1000)
-		go func() {
-			sc := bufio.NewScanner(stderr)
-			for sc.Scan() {
-				select {
-				case lines <- sc.Text():
-				default:
-				}
-			}
-			close(lines)
-		}()
-		waitLog(t, lines, "msg=serving")
-		c.addrs = append(c.addrs, addr)
-		c.procs = append(c.procs, cmd)
+`, dsn, s.RedisAddr, db+":", lease, leaseTTL.String()))
+		c.addrs = append(c.addrs, p.addr)
+		c.procs = append(c.procs, p.cmd)
 	}
 	return c
 }
