@@ -102,6 +102,14 @@ type Checkpoint struct {
 	EventTime int64 `json:"event_time"`
 }
 
+// String names the position, for retry messages and logs.
+func (cp Checkpoint) String() string {
+	if cp.GTID != "" {
+		return cp.GTID
+	}
+	return fmt.Sprintf("%s:%d", cp.File, cp.Pos)
+}
+
 // LoadCheckpoint reads the saved checkpoint; ok is false when there is none.
 func (t *Tail) LoadCheckpoint(ctx context.Context) (cp Checkpoint, ok bool, err error) {
 	b, err := t.o.Redis.Get(ctx, t.checkpointKey()).Bytes()
@@ -495,7 +503,7 @@ func (t *Tail) flush(ctx context.Context, b *batch, queue chan<- pending) error 
 	for k := range b.keys {
 		keys = append(keys, k)
 	}
-	done, err := t.o.Invalidator.Delete(ctx, keys)
+	done, err := t.o.Invalidator.DeleteAt(ctx, keys, b.last.String())
 	if err != nil {
 		return nil // ctx ended; the checkpoint was not advanced past these
 	}

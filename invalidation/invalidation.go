@@ -1,8 +1,9 @@
 // Package invalidation deletes cache keys after their rows changed: delete now (which also
 // voids any lease on the key, so a loader that read the old row cannot fill it back), then
 // delete again after a delay, for fills that raced the first delete or read a lagging replica.
-// A delete that fails is retried with backoff until it succeeds; the caller's progress (the
-// binlog checkpoint) waits for it.
+// A delete that fails is retried: in process, with backoff, until it succeeds, or, with a
+// Retrier (Kafka), handed to the retry topic. The caller's progress (the binlog checkpoint)
+// waits until every key is deleted or durably handed off.
 package invalidation
 
 import (
@@ -16,14 +17,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Deleter deletes keys and voids their leases (singleflight.Leases.Invalidate).
+// Deleter deletes keys and voids their leases (singleflight.Leases.Invalidate), and reports
+// the keys whose delete failed.
 type Deleter interface {
-	Invalidate(ctx context.Context, keys ...string) error
+	Invalidate(ctx context.Context, keys ...string) (failed []string, err error)
+}
+
+// Retrier takes keys whose delete failed off the caller's hands (the Kafka retry path).
+type Retrier interface {
+	// Retry queues keys for retried deletes; acked is closed once they are durably handed off.
+	// It blocks while its queue is full, so a caller that must not drop anything pauses.
+	Retry(ctx context.Context, keys []string, position string, cause error) (acked <-chan struct{}, err error)
 }
 
 // Options configure an Invalidator. Deleter is required.
 type Options struct {
 	Deleter Deleter
+	// Retrier, if set, takes failed deletes after one attempt. Nil: retry in process until
+	// the delete succeeds.
+	Retrier Retrier
 	// Delay is the time between the first delete and the second. Default 500ms; 0 keeps the
 	// default, a negative value turns the second delete off.
 	Delay time.Duration
@@ -39,6 +51,7 @@ type Options struct {
 // Invalidator deletes keys twice. Run must be running for second deletes to happen.
 type Invalidator struct {
 	del                Deleter
+	retrier            Retrier
 	delay              time.Duration
 	retryMin, retryMax time.Duration
 	log                *slog.Logger
@@ -48,18 +61,21 @@ type Invalidator struct {
 	queue   []second      // due in order: the delay is the same for all
 	wake    chan struct{} // signalled when the queue gains a head
 	pending int
+	waiters sync.WaitGroup // finish's goroutines; Run waits for them
 }
 
 type second struct {
-	due  time.Time
-	keys []string
-	done chan struct{}
+	due      time.Time
+	keys     []string
+	position string
+	first    <-chan struct{} // the first pass's hand-off, when it had failures
+	done     chan struct{}
 }
 
 // New returns an Invalidator.
 func New(opts Options) *Invalidator {
 	inv := &Invalidator{
-		del: opts.Deleter, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
+		del: opts.Deleter, retrier: opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
 		log: opts.Logger, wake: make(chan struct{}, 1), m: newMetrics(opts.Registerer),
 	}
 	if inv.delay == 0 {
@@ -79,20 +95,27 @@ func New(opts Options) *Invalidator {
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// Delete deletes keys now, retrying until that succeeds or ctx ends, and schedules the second
-// delete. The returned channel is closed once the second delete is done too; only then is the
-// change fully invalidated.
-func (inv *Invalidator) Delete(ctx context.Context, keys []string) (secondDone <-chan struct{}, err error) {
+// Delete deletes keys now and schedules the second delete. It returns once the first delete
+// is done or handed off (retrying in process until then when there is no Retrier). The
+// returned channel is closed once both passes are done or handed off: only then is the change
+// fully invalidated.
+func (inv *Invalidator) Delete(ctx context.Context, keys []string) (done <-chan struct{}, err error) {
+	return inv.DeleteAt(ctx, keys, "")
+}
+
+// DeleteAt is Delete for a change at a binlog position, which a retry message carries.
+func (inv *Invalidator) DeleteAt(ctx context.Context, keys []string, position string) (done <-chan struct{}, err error) {
 	if len(keys) == 0 {
 		return closed, nil
 	}
-	if err := inv.deleteRetrying(ctx, keys, inv.m.first); err != nil {
+	first, err := inv.pass(ctx, keys, position, inv.m.first)
+	if err != nil {
 		return nil, err
 	}
 	if inv.delay < 0 {
-		return closed, nil
+		return first, nil
 	}
-	s := second{due: time.Now().Add(inv.delay), keys: keys, done: make(chan struct{})}
+	s := second{due: time.Now().Add(inv.delay), keys: keys, position: position, first: first, done: make(chan struct{})}
 	inv.mu.Lock()
 	inv.queue = append(inv.queue, s)
 	inv.pending += len(keys)
@@ -105,25 +128,44 @@ func (inv *Invalidator) Delete(ctx context.Context, keys []string) (secondDone <
 	return s.done, nil
 }
 
-// deleteRetrying deletes keys, backing off with jitter between failures, until it succeeds or
-// ctx ends.
+// pass deletes keys once; what fails goes to the Retrier, or is retried here until it succeeds.
+// The returned channel is closed once every key is deleted or handed off.
+func (inv *Invalidator) pass(ctx context.Context, keys []string, position string, deleted prometheus.Counter) (<-chan struct{}, error) {
+	if inv.retrier == nil {
+		if err := inv.deleteRetrying(ctx, keys, deleted); err != nil {
+			return nil, err
+		}
+		return closed, nil
+	}
+	failed, err := inv.del.Invalidate(ctx, keys...)
+	deleted.Add(float64(len(keys) - len(failed)))
+	if len(failed) == 0 {
+		return closed, nil
+	}
+	inv.m.failures.Add(float64(len(failed)))
+	return inv.retrier.Retry(ctx, failed, position, err)
+}
+
+// deleteRetrying deletes keys, backing off with jitter between failures and retrying only the
+// keys that failed, until all are deleted or ctx ends.
 func (inv *Invalidator) deleteRetrying(ctx context.Context, keys []string, deleted prometheus.Counter) error {
 	backoff := inv.retryMin
 	for attempt := 1; ; attempt++ {
-		err := inv.del.Invalidate(ctx, keys...)
-		if err == nil {
-			deleted.Add(float64(len(keys)))
+		failed, err := inv.del.Invalidate(ctx, keys...)
+		deleted.Add(float64(len(keys) - len(failed)))
+		if len(failed) == 0 {
 			return nil
 		}
-		inv.m.failures.Inc()
+		inv.m.failures.Add(float64(len(failed)))
 		if attempt == 1 || attempt%10 == 0 {
-			inv.log.Warn("cache delete failed; retrying", "keys", len(keys), "attempt", attempt, "err", err)
+			inv.log.Warn("cache delete failed; retrying", "keys", len(failed), "attempt", attempt, "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return errors.Join(ctx.Err(), err)
 		case <-time.After(backoff/2 + rand.N(backoff)):
 		}
+		keys = failed
 		backoff = min(2*backoff, inv.retryMax)
 	}
 }
@@ -133,6 +175,7 @@ func (inv *Invalidator) deleteRetrying(ctx context.Context, keys []string, delet
 func (inv *Invalidator) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	defer inv.waiters.Wait()
 	for {
 		inv.mu.Lock()
 		var due []second
@@ -148,20 +191,19 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 		inv.mu.Unlock()
 
 		if len(due) > 0 {
-			var keys []string
+			n := 0
 			for _, s := range due {
-				keys = append(keys, s.keys...)
-			}
-			if err := inv.deleteRetrying(ctx, keys, inv.m.second); err != nil {
-				return nil // ctx ended
+				ack, err := inv.pass(ctx, s.keys, s.position, inv.m.second)
+				if err != nil {
+					return nil // ctx ended: not done, so never checkpointed past
+				}
+				n += len(s.keys)
+				inv.finish(ctx, s, ack)
 			}
 			inv.mu.Lock()
-			inv.pending -= len(keys)
+			inv.pending -= n
 			inv.m.pending.Set(float64(inv.pending))
 			inv.mu.Unlock()
-			for _, s := range due {
-				close(s.done)
-			}
 			continue
 		}
 		timer.Reset(next)
@@ -171,6 +213,35 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 		case <-inv.wake:
 		case <-timer.C:
 		}
+	}
+}
+
+// finish closes a change's done channel once both of its passes are done or handed off.
+func (inv *Invalidator) finish(ctx context.Context, s second, secondAck <-chan struct{}) {
+	if isClosed(s.first) && isClosed(secondAck) {
+		close(s.done)
+		return
+	}
+	inv.waiters.Add(1)
+	go func() {
+		defer inv.waiters.Done()
+		for _, c := range []<-chan struct{}{s.first, secondAck} {
+			select {
+			case <-c:
+			case <-ctx.Done():
+				return
+			}
+		}
+		close(s.done)
+	}()
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 

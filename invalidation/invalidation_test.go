@@ -19,15 +19,15 @@ type flaky struct {
 	deleted  [][]string
 }
 
-func (f *flaky) Invalidate(_ context.Context, keys ...string) error {
+func (f *flaky) Invalidate(_ context.Context, keys ...string) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
 	if f.calls <= f.failures {
-		return errors.New("redis: i/o timeout")
+		return keys, errors.New("redis: i/o timeout")
 	}
 	f.deleted = append(f.deleted, slices.Clone(keys))
-	return nil
+	return nil, nil
 }
 
 func (f *flaky) passes() [][]string {

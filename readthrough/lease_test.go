@@ -153,7 +153,7 @@ func TestStaleSetRace(t *testing.T) {
 			}()
 			<-pause.loaded // the loader has read 'old' and not yet filled
 			g.exec("UPDATE items SET name = 'new' WHERE id = 1")
-			if err := leases.Invalidate(context.Background(), g.key("1")); err != nil {
+			if _, err := leases.Invalidate(context.Background(), g.key("1")); err != nil {
 				t.Fatal(err)
 			}
 			close(pause.proceed)

@@ -286,15 +286,28 @@ func (l *Leases) Release(leases []*Lease) error {
 }
 
 // Invalidate deletes keys and their leases: the "delete" of update-then-delete. A loader that
-// read a row before the write can no longer fill it.
-func (l *Leases) Invalidate(ctx context.Context, keys ...string) error {
-	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range keys {
-			p.Del(ctx, k, LeaseKey(k)) // one slot: the lease key shares the value key's hash tag
+// read a row before the write can no longer fill it. It returns the keys whose delete failed
+// (all of them when Redis cannot be reached) and the first error.
+func (l *Leases) Invalidate(ctx context.Context, keys ...string) (failed []string, err error) {
+	cmds := make([]*redis.IntCmd, len(keys))
+	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Del(ctx, k, LeaseKey(k)) // one slot: the lease key shares the value key's hash tag
 		}
 		return nil
 	})
-	return err
+	if err == nil {
+		return nil, nil
+	}
+	for i, c := range cmds {
+		if c == nil || c.Err() != nil {
+			failed = append(failed, keys[i])
+		}
+	}
+	if len(failed) == 0 {
+		failed = keys // the pipeline failed without saying which
+	}
+	return failed, err
 }
 
 // Keeper renews held leases in the background until stopped.

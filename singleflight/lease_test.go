@@ -93,7 +93,7 @@ func TestInvalidateVoidsLease(t *testing.T) {
 	ctx := context.Background()
 	k := key(t)
 	p, _ := l.Probe(ctx, []string{k})
-	if err := l.Invalidate(ctx, k); err != nil {
+	if _, err := l.Invalidate(ctx, k); err != nil {
 		t.Fatal(err)
 	}
 	held, err := l.Fill(ctx, []singleflight.Fill{{Lease: p[0].Lease, Value: []byte("read before the write"), TTL: time.Minute}})
