@@ -22,6 +22,7 @@ import (
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/cdc"
 	"github.com/sidecache/sidecache/internal/config"
+	"github.com/sidecache/sidecache/internal/faults"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/invalidation"
 	"github.com/sidecache/sidecache/readthrough"
@@ -50,7 +51,9 @@ type Sidecar struct {
 	leases  *singleflight.Leases
 	filters *bloom.Filters // nil when no entity has a filter
 	inval   *invalidation.Invalidator
-	tail    *cdc.Tail // nil unless cdc.enabled
+	tail    *cdc.Tail           // nil unless cdc.enabled
+	kafka   *invalidation.Kafka // nil unless kafka.brokers
+	faults  *faults.Faults      // nil unless configured
 	cdcDB   *sql.DB
 	handler http.Handler
 }
@@ -109,6 +112,13 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		PoolSize:      cfg.Redis.PoolSize,
 		MaxRetries:    1,
 	})
+	var inject *faults.Faults
+	if cfg.Faults.Enabled() {
+		inject = faults.New(cfg.Faults.DeleteFailureRate, cfg.Faults.DeleteLatency.D(), reg)
+		rc.AddHook(inject.Hook())
+		log.Warn("fault injection is on", "delete_failure_rate", cfg.Faults.DeleteFailureRate,
+			"delete_latency", cfg.Faults.DeleteLatency.D().String(), "admin_listen", cfg.Faults.AdminListen)
+	}
 
 	entities := make([]readthrough.Entity, 0, len(cfg.Entities))
 	names := make([]string, 0, len(cfg.Entities))
@@ -128,7 +138,7 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		names = append(names, ce.Name)
 		log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
 	}
-	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source}
+	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source, faults: inject}
 	// Preloads always warm under leases; the read path uses them unless turned off.
 	s.leases = singleflight.NewLeases(rc, cfg.Lease.TTL.D())
 	var leases *singleflight.Leases
@@ -166,8 +176,17 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	reg.MustRegister(buildInfo)
 	buildInfo.WithLabelValues(version).Set(1)
 
+	var retrier invalidation.Retrier
+	if len(cfg.Kafka.Brokers) > 0 {
+		s.kafka = invalidation.NewKafka(invalidation.KafkaOptions{
+			Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.RetryTopic, DLQTopic: cfg.Kafka.DLQTopic, Group: cfg.Kafka.Group,
+			MaxAttempts: cfg.Kafka.MaxAttempts, Backoff: cfg.Kafka.Backoff.D(), MaxBackoff: cfg.Kafka.MaxBackoff.D(),
+			QueueSize: cfg.Kafka.QueueSize, Deleter: s.leases, Registerer: reg, Logger: log,
+		})
+		retrier = s.kafka
+	}
 	s.inval = invalidation.New(invalidation.Options{
-		Deleter: s.leases, Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
+		Deleter: s.leases, Retrier: retrier, Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
 	})
 	if cfg.CDC.Enabled {
 		if err := s.startCDC(pctx, reg, schema); err != nil {
@@ -251,13 +270,31 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	// The invalidator's second deletes (and later the binlog tail) run beside the server and
-	// stop with it.
+	var adminLn net.Listener
+	if s.faults != nil && s.cfg.Faults.AdminListen != "" {
+		var err error
+		if adminLn, err = net.Listen("tcp", s.cfg.Faults.AdminListen); err != nil {
+			return fmt.Errorf("faults.admin_listen: %w", err)
+		}
+	}
+	// The invalidator's second deletes, the binlog tail, the Kafka retry path and the fault
+	// admin endpoint run beside the server and stop with it.
 	wctx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	var workers errgroup.Group
 	workers.Go(func() error { return s.inval.Run(wctx) })
 	if s.tail != nil {
 		workers.Go(func() error { return s.tail.Run(wctx) })
+	}
+	if s.kafka != nil {
+		workers.Go(func() error { return s.kafka.RunProducer(wctx) })
+		workers.Go(func() error { return s.kafka.RunWorker(wctx) })
+	}
+	if adminLn != nil {
+		aln := adminLn
+		admin := &http.Server{Handler: s.faults.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		workers.Go(func() error { admin.Serve(aln); return nil })
+		workers.Go(func() error { <-wctx.Done(); return admin.Close() })
+		s.log.Info("fault injection admin endpoint", "addr", aln.Addr().String())
 	}
 	defer func() {
 		stopWorkers()

@@ -37,6 +37,7 @@ type Config struct {
 	Lease    Lease    `yaml:"lease"`
 	Kafka    Kafka    `yaml:"kafka"`
 	CDC      CDC      `yaml:"cdc"`
+	Faults   Faults   `yaml:"faults"`
 	Entities []Entity `yaml:"entities"`
 }
 
@@ -107,6 +108,37 @@ type Lease struct {
 type Kafka struct {
 	// Brokers of the Kafka cluster. Default none: failed deletes are retried in process.
 	Brokers []string `yaml:"brokers"`
+	// RetryTopic receives failed deletes. Default "sidecache.invalidate.retry".
+	RetryTopic string `yaml:"retry_topic"`
+	// DLQTopic receives deletes that failed MaxAttempts times. Default "sidecache.invalidate.dlq".
+	DLQTopic string `yaml:"dlq_topic"`
+	// Group is the retry workers' consumer group. Default "sidecache-invalidate".
+	Group string `yaml:"group"`
+	// MaxAttempts counts every delete attempt of a key, the first included. Default 10.
+	MaxAttempts int `yaml:"max_attempts"`
+	// Backoff before the n-th retry is backoff·2^(n-1), at most max_backoff, ±50%.
+	// Defaults 100ms and 30s.
+	Backoff    Duration `yaml:"backoff"`
+	MaxBackoff Duration `yaml:"max_backoff"`
+	// QueueSize bounds failed deletes held in process while Kafka is unreachable; when it is
+	// full the binlog tail pauses. Default 10000.
+	QueueSize int `yaml:"queue_size"`
+}
+
+// Faults injects failures for demos and tests. Off by default.
+type Faults struct {
+	// DeleteFailureRate is the fraction of Redis DEL/UNLINK commands that fail, in [0, 1].
+	DeleteFailureRate float64 `yaml:"delete_failure_rate"`
+	// DeleteLatency is added to every Redis delete.
+	DeleteLatency Duration `yaml:"delete_latency"`
+	// AdminListen, if set, serves GET/PUT /faults to change the above at run time. It must be a
+	// loopback address.
+	AdminListen string `yaml:"admin_listen"`
+}
+
+// Enabled reports whether fault injection is wired in at all.
+func (f Faults) Enabled() bool {
+	return f.DeleteFailureRate > 0 || f.DeleteLatency > 0 || f.AdminListen != ""
 }
 
 // CDC configures the binlog tail.
@@ -303,6 +335,13 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Lease.Wait, Duration(DefaultLeaseWait))
 	setDefault(&c.Lease.Fallback, DefaultFallback)
 	setDefault(&c.Lease.FallbackConcurrency, DefaultFallbackConc)
+	setDefault(&c.Kafka.RetryTopic, "sidecache.invalidate.retry")
+	setDefault(&c.Kafka.DLQTopic, "sidecache.invalidate.dlq")
+	setDefault(&c.Kafka.Group, "sidecache-invalidate")
+	setDefault(&c.Kafka.MaxAttempts, 10)
+	setDefault(&c.Kafka.Backoff, Duration(100*time.Millisecond))
+	setDefault(&c.Kafka.MaxBackoff, Duration(30*time.Second))
+	setDefault(&c.Kafka.QueueSize, 10000)
 	setDefault(&c.CDC.Flavor, DefaultFlavor)
 	setDefault(&c.CDC.ServerID, DefaultServerID)
 	setDefault(&c.CDC.DoubleDeleteDelay, Duration(DefaultDoubleDelete))
@@ -408,6 +447,36 @@ func (c *Config) validate() error {
 	}
 	if c.Lease.FallbackConcurrency < 1 {
 		return bad("lease.fallback_concurrency", "must be at least 1")
+	}
+	for i, b := range c.Kafka.Brokers {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			return bad(fmt.Sprintf("kafka.brokers[%d]", i), "%q: %v", b, err)
+		}
+	}
+	if c.Kafka.MaxAttempts < 1 {
+		return bad("kafka.max_attempts", "must be at least 1")
+	}
+	if c.Kafka.Backoff <= 0 || c.Kafka.MaxBackoff < c.Kafka.Backoff {
+		return bad("kafka.backoff", "must be positive and at most kafka.max_backoff")
+	}
+	if c.Kafka.QueueSize < 1 {
+		return bad("kafka.queue_size", "must be at least 1")
+	}
+	if c.Kafka.RetryTopic == c.Kafka.DLQTopic {
+		return bad("kafka.dlq_topic", "must differ from kafka.retry_topic")
+	}
+	if r := c.Faults.DeleteFailureRate; r < 0 || r > 1 {
+		return bad("faults.delete_failure_rate", "%v is outside [0, 1]", r)
+	}
+	if c.Faults.DeleteLatency < 0 {
+		return bad("faults.delete_latency", "must not be negative")
+	}
+	if c.Faults.AdminListen != "" {
+		host, _, err := net.SplitHostPort(c.Faults.AdminListen)
+		ip := net.ParseIP(host)
+		if err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return bad("faults.admin_listen", "%q must be a loopback address such as 127.0.0.1:9091", c.Faults.AdminListen)
+		}
 	}
 	switch c.CDC.Flavor {
 	case "mysql", "mariadb":
