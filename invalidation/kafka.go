@@ -249,6 +249,9 @@ func (k *Kafka) handle(ctx context.Context, km kafka.Message) error {
 		case <-time.After(wait):
 		}
 	}
+	if !km.Time.IsZero() {
+		k.m.delay.Observe(time.Since(km.Time).Seconds())
+	}
 	failed, err := k.o.Deleter.Invalidate(ctx, m.Key)
 	if len(failed) == 0 {
 		k.m.succeeded.Inc()
@@ -292,6 +295,7 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 type kafkaMetrics struct {
 	produced, consumed, succeeded, deadLettered prometheus.Counter
 	errors                                      *prometheus.CounterVec
+	delay                                       prometheus.Histogram
 }
 
 func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetrics {
@@ -306,12 +310,17 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecache_kafka_errors_total", Help: "Kafka calls that failed, by op: produce, fetch, commit.",
 		}, []string{"op"}),
+		delay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sidecache_retry_delay_seconds",
+			Help:    "From a retry message's production to its delete attempt (backoff and queueing).",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
 	}
 	depthGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sidecache_retry_queue_depth", Help: "Failed deletes waiting in process for Kafka to take them.",
 	}, depth)
 	if reg != nil {
-		reg.MustRegister(m.produced, m.consumed, m.succeeded, m.deadLettered, m.errors, depthGauge)
+		reg.MustRegister(m.produced, m.consumed, m.succeeded, m.deadLettered, m.errors, m.delay, depthGauge)
 	}
 	return m
 }

@@ -90,7 +90,10 @@ type consistencyRun struct {
 
 const consistencyRows = 10_000
 
-func newConsistencyRun(t *testing.T, db string) *consistencyRun {
+func newConsistencyRun(t *testing.T, db string) *consistencyRun { return newConsistencyRunWith(t, db, "") }
+
+// newConsistencyRunWith adds extra top-level configuration (kafka:, faults:).
+func newConsistencyRunWith(t *testing.T, db, extra string) *consistencyRun {
 	c := &consistencyRun{t: t, db: db}
 	_, c.root = newDatabase(t, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT NOT NULL);
 		INSERT INTO items SELECT seq, CONCAT('item ', seq), 0 FROM seq_1_to_%d`, consistencyRows))
@@ -105,7 +108,7 @@ cdc: {enabled: true, flavor: mariadb, server_id: SERVERID, dsn: "` + stack.DSN("
 entities:
   - name: items
     ttl: 10m
-`
+` + extra
 	return c
 }
 
