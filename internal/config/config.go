@@ -16,6 +16,8 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"gopkg.in/yaml.v3"
+
+	"github.com/sidecache/sidecache/internal/faults"
 )
 
 // ErrInvalid marks every configuration error; errors.Is(err, ErrInvalid) tells them apart from I/O.
@@ -472,10 +474,8 @@ func (c *Config) validate() error {
 		return bad("faults.delete_latency", "must not be negative")
 	}
 	if c.Faults.AdminListen != "" {
-		host, _, err := net.SplitHostPort(c.Faults.AdminListen)
-		ip := net.ParseIP(host)
-		if err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
-			return bad("faults.admin_listen", "%q must be a loopback address such as 127.0.0.1:9091", c.Faults.AdminListen)
+		if err := faults.CheckLoopback(c.Faults.AdminListen); err != nil {
+			return bad("faults.admin_listen", "%v", err)
 		}
 	}
 	switch c.CDC.Flavor {
