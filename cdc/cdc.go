@@ -297,6 +297,7 @@ func (t *Tail) tail(ctx context.Context) error {
 	}()
 
 	b := batch{keys: map[string]bool{}, inserts: map[string][]string{}}
+	inTxn := false // between a transaction's start and its XID or COMMIT
 	for {
 		var ev *replication.BinlogEvent
 		if b.changes > 0 {
@@ -326,25 +327,40 @@ func (t *Tail) tail(ctx context.Context) error {
 		case *replication.RowsEvent:
 			t.rows(ev.Header.EventType, e, &b)
 		case *replication.XIDEvent:
+			inTxn = false
 			cp.Pos = ev.Header.LogPos
 			if e.GSet != nil {
 				cp.GTID = e.GSet.String()
 			}
 			cp.EventTime = at.Unix()
 			b.commit(cp, at)
+		case *replication.MariadbGTIDEvent:
+			// MariaDB opens a transaction with its GTID event (no BEGIN); a standalone one
+			// (DDL) has no terminating COMMIT.
+			inTxn = !e.IsStandalone()
 		case *replication.QueryEvent:
 			q := strings.ToUpper(strings.TrimSpace(string(e.Query)))
-			if q == "BEGIN" {
+			switch {
+			case q == "BEGIN":
+				inTxn = true
 				continue
+			case q == "COMMIT", strings.HasPrefix(q, "ROLLBACK") && !strings.HasPrefix(q, "ROLLBACK TO"):
+				// The end of a transaction (a ROLLBACK is logged only when a non-transactional
+				// table kept its changes, so its keys are invalidated all the same).
+				inTxn = false
+			case inTxn:
+				// SAVEPOINT, ROLLBACK TO, XA END...: inside a transaction, not a commit point.
+				// The GTID set already covers the whole transaction, so checkpointing here
+				// could skip the rest of its rows.
+				continue
+			default:
+				t.m.events.WithLabelValues("ddl").Inc()
 			}
 			cp.Pos = ev.Header.LogPos
 			if e.GSet != nil {
 				cp.GTID = e.GSet.String()
 			}
 			cp.EventTime = at.Unix()
-			if q != "COMMIT" {
-				t.m.events.WithLabelValues("ddl").Inc()
-			}
 			b.commit(cp, at)
 		}
 		if len(b.keys) >= 1000 || b.changes >= 1000 {

@@ -38,6 +38,17 @@ func (t *Tail) Check(ctx context.Context) error {
 	case !strings.EqualFold(meta, "FULL"):
 		return fmt.Errorf("%w: binlog_row_metadata=%s, want FULL (row events then carry their own column names)", ErrServer, meta)
 	}
+	// MySQL 8 can wrap each transaction in one compressed payload event, which this tail does
+	// not unpack; its changes would go unseen.
+	var compression string
+	err = t.o.DB.QueryRowContext(ctx, "SHOW VARIABLES LIKE 'binlog_transaction_compression'").Scan(&name, &compression)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return fmt.Errorf("cdc: reading binlog_transaction_compression: %w", err)
+	case strings.EqualFold(compression, "ON"):
+		return fmt.Errorf("%w: binlog_transaction_compression=ON, want OFF (compressed transaction payloads are not read)", ErrServer)
+	}
 	rows, err := t.o.DB.QueryContext(ctx, "SHOW GRANTS")
 	if err != nil {
 		return fmt.Errorf("cdc: reading the user's grants: %w", err)

@@ -20,7 +20,8 @@ type KafkaOptions struct {
 	Topic, DLQTopic string
 	// Group is the consumer group of the retry workers. Default "sidecache-invalidate".
 	Group string
-	// MaxAttempts counts every delete attempt of a key, the first included. Default 10.
+	// MaxAttempts counts every delete attempt of a key, the first included; at least 2.
+	// Default 10.
 	MaxAttempts int
 	// Backoff before the n-th retry is Backoff·2^(n-1), at most MaxBackoff, ±50% jitter.
 	// Defaults 100ms and 30s.
@@ -74,6 +75,7 @@ func NewKafka(o KafkaOptions) *Kafka {
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 10
 	}
+	o.MaxAttempts = max(o.MaxAttempts, 2) // a key is handed over after a failed first attempt
 	if o.Backoff <= 0 {
 		o.Backoff = 100 * time.Millisecond
 	}
@@ -324,4 +326,3 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 	}
 	return m
 }
-

@@ -455,8 +455,8 @@ func (c *Config) validate() error {
 			return bad(fmt.Sprintf("kafka.brokers[%d]", i), "%q: %v", b, err)
 		}
 	}
-	if c.Kafka.MaxAttempts < 1 {
-		return bad("kafka.max_attempts", "must be at least 1")
+	if c.Kafka.MaxAttempts < 2 {
+		return bad("kafka.max_attempts", "must be at least 2 (the first attempt and one retry)")
 	}
 	if c.Kafka.Backoff <= 0 || c.Kafka.MaxBackoff < c.Kafka.Backoff {
 		return bad("kafka.backoff", "must be positive and at most kafka.max_backoff")

@@ -86,6 +86,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad flavor", minimal + "cdc:\n  flavor: postgres\n", []string{"cdc.flavor"}},
 		{"admin endpoint off loopback", minimal + "faults:\n  admin_listen: \"0.0.0.0:9091\"\n", []string{"faults.admin_listen", "loopback"}},
 		{"failure rate past 1", minimal + "faults:\n  delete_failure_rate: 1.5\n", []string{"faults.delete_failure_rate"}},
+		{"one attempt", minimal + "kafka:\n  max_attempts: 1\n", []string{"kafka.max_attempts", "at least 2"}},
 		{"same retry and dlq topic", minimal + "kafka:\n  dlq_topic: sidecache.invalidate.retry\n", []string{"kafka.dlq_topic"}},
 		{"bad fallback", minimal + "lease:\n  fallback: retry\n", []string{"lease.fallback"}},
 		{"lease wait past the request timeout", minimal + "lease:\n  wait: 5s\n", []string{"lease.wait", "limits.request_timeout"}},
