@@ -90,7 +90,9 @@ type consistencyRun struct {
 
 const consistencyRows = 10_000
 
-func newConsistencyRun(t *testing.T, db string) *consistencyRun { return newConsistencyRunWith(t, db, "") }
+func newConsistencyRun(t *testing.T, db string) *consistencyRun {
+	return newConsistencyRunWith(t, db, "")
+}
 
 // newConsistencyRunWith adds extra top-level configuration (kafka:, faults:).
 func newConsistencyRunWith(t *testing.T, db, extra string) *consistencyRun {
