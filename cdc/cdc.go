@@ -11,9 +11,7 @@ package cdc
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -131,11 +129,12 @@ func (t *Tail) saveCheckpoint(ctx context.Context, cp Checkpoint) error {
 }
 
 // Run tails while this process holds the leader lease and stands by otherwise, until ctx ends.
+// The lease is a singleflight lease on the leader key: an owner token, renewed every ttl/3.
 func (t *Tail) Run(ctx context.Context) error {
+	leases := singleflight.NewLeases(t.o.Redis, t.o.LeaderTTL)
 	for ctx.Err() == nil {
-		token := newToken()
-		ok, err := t.o.Redis.SetNX(ctx, t.leaderKey(), token, t.o.LeaderTTL).Result()
-		if err != nil || !ok {
+		lease, err := leases.Acquire(ctx, t.leaderKey())
+		if err != nil || lease == nil {
 			t.m.leader.Set(0)
 			if err != nil && ctx.Err() == nil {
 				t.log.Warn("cannot reach Redis for the leader lease", "err", err)
@@ -145,7 +144,7 @@ func (t *Tail) Run(ctx context.Context) error {
 		}
 		t.m.leader.Set(1)
 		t.log.Info("leading: tailing the binlog")
-		err = t.lead(ctx, token)
+		err = t.lead(ctx, leases, lease)
 		t.m.leader.Set(0)
 		if ctx.Err() != nil {
 			return nil
@@ -156,48 +155,28 @@ func (t *Tail) Run(ctx context.Context) error {
 	return nil
 }
 
-const renewScript = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0`
+// errLeaseLost stops a tail whose leader lease could not be renewed.
+var errLeaseLost = errors.New("leader lease lost")
 
-const releaseScript = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0`
-
-// lead tails while renewing the leader lease every ttl/3. The first renewal that fails stops
-// the tail: the lease can only pass to another sidecar a whole period after the last renewal,
-// so this one has stopped before another starts.
-func (t *Tail) lead(ctx context.Context, token string) error {
+// lead tails while the lease is kept. The first renewal that fails stops the tail: the lease
+// can only pass to another sidecar a whole period after the last renewal, so this one has
+// stopped before another starts.
+func (t *Tail) lead(ctx context.Context, leases *singleflight.Leases, lease *singleflight.Lease) error {
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var wg sync.WaitGroup
-	wg.Add(1)
+	keeper := leases.Keep([]*singleflight.Lease{lease})
 	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(t.o.LeaderTTL / 3)
-		defer tick.Stop()
-		for {
-			select {
-			case <-lctx.Done():
-				return
-			case <-tick.C:
-			}
-			rctx, rcancel := context.WithTimeout(lctx, t.o.LeaderTTL/3)
-			n, err := t.o.Redis.Eval(rctx, renewScript, []string{t.leaderKey()}, token, t.o.LeaderTTL.Milliseconds()).Int64()
-			rcancel()
-			if err != nil || n != 1 {
-				cancel(fmt.Errorf("leader lease lost (renewal: %d, %v)", n, err))
-				return
-			}
+		select {
+		case <-keeper.Lost():
+			cancel(errLeaseLost)
+		case <-lctx.Done():
 		}
 	}()
 	err := t.tail(lctx)
 	cancel(nil)
-	wg.Wait()
-	rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
-	t.o.Redis.Eval(rctx, releaseScript, []string{t.leaderKey()}, token)
-	rcancel()
-	if cause := context.Cause(lctx); cause != nil && !errors.Is(cause, context.Canceled) {
+	keeper.Stop()
+	leases.Release([]*singleflight.Lease{lease})
+	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) {
 		return cause
 	}
 	return err
@@ -208,12 +187,6 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
-}
-
-func newToken() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // start finds where to resume: the checkpoint, or the server's current position.

@@ -243,7 +243,7 @@ func TestOneLeaderAndTakeover(t *testing.T) {
 	g.waitCheckpoint(a)
 	g.run(b)
 	leader := func() string {
-		return g.rc.Get(context.Background(), g.prefix+"{cdc:"+g.db+"}:leader").Val()
+		return g.rc.Get(context.Background(), singleflight.LeaseKey(g.prefix+"{cdc:"+g.db+"}:leader")).Val()
 	}
 	first := leader()
 	if first == "" {

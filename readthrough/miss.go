@@ -159,14 +159,8 @@ func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases [
 	}
 	fills := make([]singleflight.Fill, len(ids))
 	for i, id := range ids {
-		var en Entry
-		if row, ok := rows[id]; ok {
-			en = e.valueEntry(leases[i].Key, row)
-			results[id] = Result{Body: row, Status: Miss}
-		} else {
-			en = e.nullEntry(leases[i].Key)
-			results[id] = Result{Status: Miss}
-		}
+		en := e.entry(leases[i].Key, rows[id])
+		results[id] = Result{Body: rows[id], Status: Miss}
 		fills[i] = singleflight.Fill{Lease: leases[i], Value: en.Value, TTL: en.TTL}
 	}
 	start := time.Now()
@@ -228,14 +222,8 @@ func (r *Reader) loadUnleased(ctx context.Context, e *entity, ids []string) (map
 	}
 	entries := make([]Entry, 0, len(missIDs))
 	for _, id := range missIDs {
-		key := CacheKey(r.prefix, e.Name, id)
-		if row, ok := rows[id]; ok {
-			results[id] = Result{Body: row, Status: Miss}
-			entries = append(entries, e.valueEntry(key, row))
-		} else {
-			results[id] = Result{Status: Miss}
-			entries = append(entries, e.nullEntry(key))
-		}
+		results[id] = Result{Body: rows[id], Status: Miss}
+		entries = append(entries, e.entry(CacheKey(r.prefix, e.Name, id), rows[id]))
 	}
 	r.fill(ctx, e, entries)
 	return results, nil
@@ -341,10 +329,12 @@ func (r *Reader) refresh(e *entity, id, key string) {
 // refreshOnce runs one refresh and names its outcome for the metric.
 func (r *Reader) refreshOnce(ctx context.Context, e *entity, id, key string) string {
 	if r.leases == nil {
-		if _, err := r.loadUnleasedRefresh(ctx, e, id, key); err != nil {
+		rows, err := r.sourceLoad(ctx, e, []string{id})
+		if err != nil {
 			r.log.Warn("refresh failed", "entity", e.Name, "id", id, "err", err)
 			return "error"
 		}
+		r.fill(ctx, e, []Entry{e.entry(key, rows[id])})
 		return "refreshed"
 	}
 	lease, err := r.leases.Acquire(ctx, key)
@@ -372,18 +362,4 @@ func (r *Reader) refreshOnce(ctx context.Context, e *entity, id, key string) str
 		return "voided" // invalidated meanwhile; the next read loads the new row
 	}
 	return "refreshed"
-}
-
-// loadUnleasedRefresh reloads one key without a lease.
-func (r *Reader) loadUnleasedRefresh(ctx context.Context, e *entity, id, key string) (Result, error) {
-	rows, err := r.sourceLoad(ctx, e, []string{id})
-	if err != nil {
-		return Result{}, err
-	}
-	if row, ok := rows[id]; ok {
-		r.fill(ctx, e, []Entry{e.valueEntry(key, row)})
-		return Result{Body: row, Status: Miss}, nil
-	}
-	r.fill(ctx, e, []Entry{e.nullEntry(key)})
-	return Result{Status: Miss}, nil
 }

@@ -218,13 +218,10 @@ func (r *Reader) warm(ctx context.Context, e *entity, leases *singleflight.Lease
 	}
 	fills := make([]singleflight.Fill, len(load))
 	for i, id := range load {
-		var en Entry
-		if row, ok := rows[id]; ok {
-			en = e.valueEntry(loadLeases[i].Key, row)
+		if rows[id] != nil {
 			found = append(found, id)
-		} else {
-			en = e.nullEntry(loadLeases[i].Key) // deleted since the scan saw it
-		}
+		} // else deleted since the scan saw it: a null marker
+		en := e.entry(loadLeases[i].Key, rows[id])
 		fills[i] = singleflight.Fill{Lease: loadLeases[i], Value: en.Value, TTL: en.TTL}
 	}
 	landed, err := leases.Fill(ctx, fills)

@@ -317,6 +317,14 @@ func (e *entity) valueEntry(key string, row []byte) Entry {
 	return Entry{Key: key, Value: encodeEnvelope(kindValue, time.Now().Add(ttl), row), TTL: ttl + e.StaleTTL}
 }
 
+// entry is what caches a load's answer: the row, or a null marker when there is none.
+func (e *entity) entry(key string, row []byte) Entry {
+	if row == nil {
+		return e.nullEntry(key)
+	}
+	return e.valueEntry(key, row)
+}
+
 func (e *entity) nullEntry(key string) Entry {
 	return Entry{Key: key, Value: encodeEnvelope(kindNull, time.Time{}, nil), TTL: Jitter(e.NullTTL, e.Jitter)}
 }
@@ -432,9 +440,20 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 
 // worse returns the status a multi-get reports: the one furthest from a plain hit.
 func worse(a, b Status) Status {
-	rank := map[Status]int{Hit: 0, Negative: 0, Stale: 1, Bypass: 2, Miss: 3}
-	if rank[b] > rank[a] {
+	if rank(b) > rank(a) {
 		return b
 	}
 	return a
+}
+
+func rank(s Status) int {
+	switch s {
+	case Stale:
+		return 1
+	case Bypass:
+		return 2
+	case Miss:
+		return 3
+	}
+	return 0 // Hit, Negative
 }
