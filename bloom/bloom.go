@@ -5,6 +5,13 @@
 // rebuild's scan saw. A rebuild fills a second bitmap while the current one keeps answering;
 // from the moment it begins, Add writes to both, and the switch is one atomic script. While no
 // filter exists the guard is open: it says "maybe".
+//
+// Redis may lose any key (eviction, a restart without persistence, a failover). A lost meta
+// hash reads as "no filter"; a lost bitmap reads as "maybe" for every id, and is never
+// recreated by Add with only the ids added since; a rebuild whose bitmap is lost fails rather
+// than commit a partial filter. Every change of the meta hash sets a new random version, so a
+// sidecar never checks a filter with the sizes of another that happened to have the same
+// version (a counter would start again at 1 after FLUSHALL).
 package bloom
 
 import (
@@ -16,6 +23,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"time"
 
 	bbloom "github.com/bits-and-blooms/bloom/v3"
 	"github.com/redis/go-redis/v9"
@@ -49,7 +57,7 @@ func (p Params) positions(id string) []uint64 {
 
 // meta is what the filter of one entity looks like in Redis now.
 type meta struct {
-	version int64  // 0: no filter
+	version string // "0": no filter
 	cur     string // slot answering checks: "a" or "b"
 	curP    Params
 	build   string // slot being rebuilt, or ""
@@ -95,7 +103,10 @@ func (f *Filters) load(ctx context.Context, entity string) (meta, error) {
 	}
 	var m meta
 	num := func(k string) uint64 { v, _ := strconv.ParseUint(h[k], 10, 64); return v }
-	m.version = int64(num("v"))
+	m.version = h["v"]
+	if m.version == "" {
+		m.version = "0"
+	}
 	m.cur, m.build = h["cur"], h["build"]
 	m.curP = Params{M: uint(num("cur_m")), K: uint(num("cur_k"))}
 	m.buildP = Params{M: uint(num("build_m")), K: uint(num("build_k"))}
@@ -113,11 +124,21 @@ func (f *Filters) current(ctx context.Context, entity string, reload bool) (meta
 	return f.load(ctx, entity)
 }
 
-// check: KEYS meta, bits; ARGV version, positions... → -1 stale, 1 maybe, 0 absent.
+// newVersion returns a version no other state of any filter has had.
+func newVersion() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// check: KEYS meta, bits; ARGV version, positions... → -1 stale, 1 maybe, 0 absent. A bitmap
+// that is gone (evicted, lost) answers "maybe".
 const checkScript = `
 local v = redis.call('HGET', KEYS[1], 'v') or '0'
 if v ~= ARGV[1] then return -1 end
-if v == '0' or redis.call('HGET', KEYS[1], 'cur') == false then return 1 end
+local cur = redis.call('HGET', KEYS[1], 'cur')
+if v == '0' or not cur or cur == '' then return 1 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
 for i = 2, #ARGV do
   if redis.call('GETBIT', KEYS[2], ARGV[i]) == 0 then return 0 end
 end
@@ -145,7 +166,7 @@ func (f *Filters) MayContainMany(ctx context.Context, entity string, ids []strin
 		if err != nil {
 			return out, err
 		}
-		if m.version == 0 || m.cur == "" {
+		if m.version == "0" || m.cur == "" {
 			// No filter, as of our cache. Redis may have one now; the script says so.
 			m.cur = "a"
 		}
@@ -186,13 +207,18 @@ func (f *Filters) MayContainMany(ctx context.Context, entity string, ids []strin
 }
 
 // add: KEYS meta, cur bits, build bits; ARGV version, n cur positions, cur positions...,
-// build positions... → -1 stale, 1 done.
+// build positions... → -1 stale, 1 done. A bitmap that is gone is not recreated: holding only
+// the ids added since, it would call every other id absent.
 const addScript = `
 local v = redis.call('HGET', KEYS[1], 'v') or '0'
 if v ~= ARGV[1] then return -1 end
 local n = tonumber(ARGV[2])
-for i = 3, 2 + n do redis.call('SETBIT', KEYS[2], ARGV[i], 1) end
-for i = 3 + n, #ARGV do redis.call('SETBIT', KEYS[3], ARGV[i], 1) end
+if n > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  for i = 3, 2 + n do redis.call('SETBIT', KEYS[2], ARGV[i], 1) end
+end
+if #ARGV > 2 + n and redis.call('EXISTS', KEYS[3]) == 1 then
+  for i = 3 + n, #ARGV do redis.call('SETBIT', KEYS[3], ARGV[i], 1) end
+end
 return 1`
 
 // Add records ids as present, in the current filter and in a rebuild under way. The binlog
@@ -251,37 +277,55 @@ func orSlot(s string) string {
 	return s
 }
 
-// begin: KEYS meta, bits a, bits b; ARGV m, k, token → the slot being built.
+// begin: KEYS meta, bits a, bits b; ARGV m, k, token, version, now ms → the slot being built.
+// The new bitmap is created at its full size, so that its loss can be told from its absence.
 const beginScript = `
 local cur = redis.call('HGET', KEYS[1], 'cur')
 local slot, bits = 'a', KEYS[2]
 if cur == 'a' then slot, bits = 'b', KEYS[3] end
 redis.call('DEL', bits)
-redis.call('HSET', KEYS[1], 'build', slot, 'build_m', ARGV[1], 'build_k', ARGV[2], 'build_token', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('SETBIT', bits, tonumber(ARGV[1]) - 1, 0)
+redis.call('HSET', KEYS[1], 'build', slot, 'build_m', ARGV[1], 'build_k', ARGV[2], 'build_token', ARGV[3],
+  'v', ARGV[4], 'build_beat', ARGV[5])
 return slot`
 
-// commit: KEYS meta, bits a, bits b; ARGV token → 1 switched, 0 the build was taken over.
+// buildAdd: KEYS meta, build bits; ARGV token, now ms, positions... → 1 done, 0 taken over,
+// -2 the build bitmap is gone.
+const buildAddScript = `
+if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
+for i = 3, #ARGV do redis.call('SETBIT', KEYS[2], ARGV[i], 1) end
+redis.call('HSET', KEYS[1], 'build_beat', ARGV[2])
+return 1`
+
+// commit: KEYS meta, bits a, bits b; ARGV token, version → 1 switched, 0 the build was taken
+// over, -2 its bitmap is gone.
 const commitScript = `
 if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return 0 end
 local old = redis.call('HGET', KEYS[1], 'cur')
 local slot = redis.call('HGET', KEYS[1], 'build')
+local bits = KEYS[2]
+if slot == 'b' then bits = KEYS[3] end
+if redis.call('EXISTS', bits) == 0 then return -2 end
 redis.call('HSET', KEYS[1], 'cur', slot,
   'cur_m', redis.call('HGET', KEYS[1], 'build_m'), 'cur_k', redis.call('HGET', KEYS[1], 'build_k'),
-  'build', '', 'build_m', '0', 'build_k', '0', 'build_token', '')
-redis.call('HINCRBY', KEYS[1], 'v', 1)
+  'build', '', 'build_m', '0', 'build_k', '0', 'build_token', '', 'v', ARGV[2])
 if old == 'a' and slot == 'b' then redis.call('DEL', KEYS[2]) end
 if old == 'b' and slot == 'a' then redis.call('DEL', KEYS[3]) end
 return 1`
 
-// abort: KEYS meta, bits a, bits b; ARGV token → 1 aborted, 0 not ours.
+// abort: KEYS meta, bits a, bits b; ARGV token, version → 1 aborted, 0 not ours.
 const abortScript = `
 if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return 0 end
 local slot = redis.call('HGET', KEYS[1], 'build')
-redis.call('HSET', KEYS[1], 'build', '', 'build_m', '0', 'build_k', '0', 'build_token', '')
-redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'build', '', 'build_m', '0', 'build_k', '0', 'build_token', '', 'v', ARGV[2])
 if slot == 'a' then redis.call('DEL', KEYS[2]) end
 if slot == 'b' then redis.call('DEL', KEYS[3]) end
+return 1`
+
+// reset: KEYS meta, bits a, bits b. Drops the filter and any rebuild: "maybe" for every id.
+const resetScript = `
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return 1`
 
 // Build is a rebuild under way. The current filter answers until Commit.
@@ -293,8 +337,13 @@ type Build struct {
 	token  string
 }
 
-// ErrTakenOver means another rebuild began after this one; this one cannot commit.
+// ErrTakenOver means another rebuild began after this one (or the filter was reset); this one
+// cannot commit.
 var ErrTakenOver = errors.New("bloom: another rebuild of this filter began meanwhile")
+
+// ErrBuildLost means the rebuild's bitmap vanished from Redis (eviction, a restart); committing
+// it would lose every id added before.
+var ErrBuildLost = errors.New("bloom: the rebuild's bitmap was lost from Redis")
 
 // Begin starts a rebuild sized by params. From now on Add writes to the new bitmap too, so
 // ids added during the scan are not lost. A later Begin takes over from an unfinished one.
@@ -302,7 +351,7 @@ func (f *Filters) Begin(ctx context.Context, entity string, params Params) (*Bui
 	var tok [16]byte
 	rand.Read(tok[:])
 	b := &Build{f: f, entity: entity, params: params, token: hex.EncodeToString(tok[:])}
-	slot, err := f.rdb.Eval(ctx, beginScript, f.allKeys(entity), params.M, params.K, b.token).Text()
+	slot, err := f.rdb.Eval(ctx, beginScript, f.allKeys(entity), params.M, params.K, b.token, newVersion(), time.Now().UnixMilli()).Text()
 	if err != nil {
 		return nil, err
 	}
@@ -315,28 +364,40 @@ func (f *Filters) allKeys(entity string) []string {
 	return []string{f.metaKey(entity), f.bitsKey(entity, "a"), f.bitsKey(entity, "b")}
 }
 
-// Add sets the bits of ids in the new bitmap only: the scan's part of the rebuild.
+// Add sets the bits of ids in the new bitmap only: the scan's part of the rebuild. It fails
+// with ErrTakenOver or ErrBuildLost when the rebuild cannot commit any more.
 func (b *Build) Add(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	args := make([]any, 0, len(ids)*int(b.params.K)*4)
+	args := make([]any, 0, 2+len(ids)*int(b.params.K))
+	args = append(args, b.token, time.Now().UnixMilli())
 	for _, id := range ids {
 		for _, pos := range b.params.positions(id) {
-			args = append(args, "SET", "u1", pos, 1)
+			args = append(args, pos)
 		}
 	}
-	return b.f.rdb.BitField(ctx, b.f.bitsKey(b.entity, b.slot), args...).Err()
+	n, err := b.f.rdb.Eval(ctx, buildAddScript, []string{b.f.metaKey(b.entity), b.f.bitsKey(b.entity, b.slot)}, args...).Int64()
+	return buildResult(n, err)
+}
+
+func buildResult(n int64, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case n == 0:
+		return ErrTakenOver
+	case n == -2:
+		return ErrBuildLost
+	}
+	return nil
 }
 
 // Commit makes the new bitmap the filter, atomically, and drops the old one.
 func (b *Build) Commit(ctx context.Context) error {
-	n, err := b.f.rdb.Eval(ctx, commitScript, b.f.allKeys(b.entity), b.token).Int64()
-	if err != nil {
+	n, err := b.f.rdb.Eval(ctx, commitScript, b.f.allKeys(b.entity), b.token, newVersion()).Int64()
+	if err := buildResult(n, err); err != nil {
 		return err
-	}
-	if n != 1 {
-		return ErrTakenOver
 	}
 	_, err = b.f.load(ctx, b.entity)
 	return err
@@ -345,9 +406,56 @@ func (b *Build) Commit(ctx context.Context) error {
 // Abort drops the new bitmap and leaves the current filter as it was. It runs even when ctx
 // has ended (an interrupted preload aborts on its way out).
 func (b *Build) Abort(ctx context.Context) error {
-	err := b.f.rdb.Eval(context.WithoutCancel(ctx), abortScript, b.f.allKeys(b.entity), b.token).Err()
+	err := b.f.rdb.Eval(context.WithoutCancel(ctx), abortScript, b.f.allKeys(b.entity), b.token, newVersion()).Err()
 	b.f.load(context.WithoutCancel(ctx), b.entity)
 	return err
+}
+
+// Reset drops entity's filter and any rebuild under way: every id is "maybe" until a rebuild
+// commits. The binlog tail calls it when the table changed in ways the filter cannot follow
+// (TRUNCATE, a table swap, DDL), before it drops the cached keys.
+func (f *Filters) Reset(ctx context.Context, entity string) error {
+	if err := f.rdb.Eval(ctx, resetScript, f.allKeys(entity)).Err(); err != nil {
+		return err
+	}
+	_, err := f.load(ctx, entity)
+	return err
+}
+
+// State is whether an entity's filter guards it.
+type State string
+
+const (
+	Ready    State = "ready"    // a filter answers checks
+	Missing  State = "missing"  // none, or its bitmap is lost: every id passes, a rebuild is due
+	Building State = "building" // none yet, and a rebuild is under way and alive
+)
+
+// staleBuild is how long a rebuild may go without adding ids before it counts as abandoned.
+const staleBuild = 30 * time.Second
+
+// State reads whether entity's filter is ready, missing or being rebuilt.
+func (f *Filters) State(ctx context.Context, entity string) (State, error) {
+	h, err := f.rdb.HGetAll(ctx, f.metaKey(entity)).Result()
+	if err != nil {
+		return "", err
+	}
+	if cur := h["cur"]; cur != "" {
+		n, err := f.rdb.Exists(ctx, f.bitsKey(entity, cur)).Result()
+		if err != nil {
+			return "", err
+		}
+		if n == 1 {
+			return Ready, nil
+		}
+	}
+	if h["build"] != "" {
+		beat, _ := strconv.ParseInt(h["build_beat"], 10, 64)
+		if time.Since(time.UnixMilli(beat)) < staleBuild {
+			return Building, nil
+		}
+	}
+	return Missing, nil
 }
 
 // Stats describe an entity's current filter.
