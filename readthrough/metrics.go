@@ -20,6 +20,7 @@ type Metrics struct {
 	staleServes      *prometheus.CounterVec
 	refreshes        *prometheus.CounterVec
 	bloomChecks      *prometheus.CounterVec
+	bypasses         *prometheus.CounterVec
 }
 
 // NewMetrics creates the read path's metrics and registers them with reg (nil: not registered).
@@ -74,11 +75,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sidecache_bloom_checks_total",
 			Help: "Bloom filter checks on misses by result: absent (answered 404 without a query), maybe, error (let through).",
 		}, []string{"entity", "result"}),
+		bypasses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_uncovered_reads_total",
+			Help: "Reads answered from MySQL without the cache because no binlog tail covered the entity yet.",
+		}, []string{"entity"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.redisSeconds, m.mysqlSeconds, m.dbQueries, m.fills, m.nullMarkers,
 			m.fillErrors, m.sharedLoads, m.badEnvelopes, m.leases, m.leaseWaits, m.leaseWaitSeconds,
-			m.fallbacks, m.staleServes, m.refreshes, m.bloomChecks)
+			m.fallbacks, m.staleServes, m.refreshes, m.bloomChecks, m.bypasses)
 	}
 	return m
 }
@@ -99,6 +104,7 @@ type entityMetrics struct {
 	fallbackLoad, fallbackUnavailable, staleServes prometheus.Counter
 	refreshes                                      *prometheus.CounterVec // curried by entity
 	bloomAbsent, bloomMaybe, bloomErrors           prometheus.Counter
+	bypasses                                       prometheus.Counter
 }
 
 func (m *Metrics) forEntity(name string) entityMetrics {
@@ -128,5 +134,6 @@ func (m *Metrics) forEntity(name string) entityMetrics {
 		bloomAbsent:         m.bloomChecks.WithLabelValues(name, "absent"),
 		bloomMaybe:          m.bloomChecks.WithLabelValues(name, "maybe"),
 		bloomErrors:         m.bloomChecks.WithLabelValues(name, "error"),
+		bypasses:            m.bypasses.WithLabelValues(name),
 	}
 }

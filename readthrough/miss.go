@@ -253,6 +253,55 @@ func (r *Reader) fallBack(ctx context.Context, e *entity, ids []string, results 
 	return nil
 }
 
+// bypass answers one id of an entity the binlog tail does not cover, from MySQL and without the
+// cache. Concurrent requests for the key in this process share one query.
+func (r *Reader) bypass(ctx context.Context, e *entity, id, key string) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	e.m.bypasses.Inc()
+	res, shared, err := r.flights.Do(ctx, "bypass:"+key, func(ctx context.Context) (Result, error) {
+		ctx, cancel := context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+		rows, err := r.bypassLoad(ctx, e, []string{id})
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{Body: rows[id], Status: Bypass}.orNotFound(e.Name, id)
+	})
+	if shared {
+		e.m.sharedLoads.Inc()
+	}
+	return res, err
+}
+
+// bypassMany is bypass for a multi-get: one query.
+func (r *Reader) bypassMany(ctx context.Context, e *entity, ids []string) (Many, error) {
+	e.m.bypasses.Inc()
+	rows, err := r.bypassLoad(ctx, e, ids)
+	if err != nil {
+		return Many{}, err
+	}
+	out := Many{Status: Bypass}
+	for _, id := range ids {
+		if row := rows[id]; row != nil {
+			out.Items = append(out.Items, Item{ID: id, Body: row})
+		} else {
+			out.Missing = append(out.Missing, id)
+		}
+	}
+	return out, nil
+}
+
+func (r *Reader) bypassLoad(ctx context.Context, e *entity, ids []string) (map[string][]byte, error) {
+	select {
+	case r.bypassing <- struct{}{}:
+		defer func() { <-r.bypassing }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return r.sourceLoad(ctx, e, ids)
+}
+
 // sourceLoad reads rows with one query.
 func (r *Reader) sourceLoad(ctx context.Context, e *entity, ids []string) (map[string][]byte, error) {
 	start := time.Now()

@@ -12,8 +12,11 @@ import (
 
 // Scanner walks an entity's ids in key order, for the preload.
 type Scanner interface {
-	// ScanIDs returns up to limit ids in key order after *after (nil: from the start).
-	ScanIDs(ctx context.Context, entity string, after *string, limit int) ([]string, error)
+	// ScanIDs returns up to limit ids in key order after *after (nil: from the start) and up to
+	// *last (nil: to the end).
+	ScanIDs(ctx context.Context, entity string, after, last *string, limit int) ([]string, error)
+	// LastID returns the table's greatest id; ok is false for an empty table.
+	LastID(ctx context.Context, entity string) (id string, ok bool, err error)
 	// EstimateRows is the table's approximate row count, for progress.
 	EstimateRows(ctx context.Context, entity string) (int64, error)
 }
@@ -32,6 +35,9 @@ type PreloadOptions struct {
 	Batch int
 	// Rate caps the rows read from MySQL per second. 0: no cap.
 	Rate float64
+	// FilterOnly rebuilds the Bloom filter from a scan without warming the cache (IDs must be
+	// nil). The binlog tail's leader runs it after a filter was reset or lost.
+	FilterOnly bool
 	// Progress, if set, is called after every batch.
 	Progress func(PreloadStats)
 }
@@ -69,8 +75,11 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 	if e == nil {
 		return PreloadStats{}, fmt.Errorf("%w: %q", ErrUnknownEntity, opts.Entity)
 	}
-	if opts.Scanner == nil || opts.Leases == nil {
+	if opts.Scanner == nil || opts.Leases == nil && !opts.FilterOnly {
 		return PreloadStats{}, errors.New("readthrough: Preload needs a Scanner and Leases")
+	}
+	if opts.FilterOnly && (opts.IDs != nil || !e.Bloom || r.filters == nil) {
+		return PreloadStats{}, fmt.Errorf("readthrough: entity %q has no filter to rebuild from a full scan", e.Name)
 	}
 	batch := opts.Batch
 	if batch <= 0 {
@@ -139,12 +148,19 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 			}
 		}()
 	}
+	// The scan ends at the greatest id there is once the rebuild has begun: rows inserted after
+	// that reach the new filter through Add, and a scan that followed them could run for as
+	// long as inserts keep coming.
+	lastID, nonEmpty, err := opts.Scanner.LastID(ctx, e.Name)
+	if err != nil {
+		return st, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
+	}
 	var after *string
-	for {
+	for nonEmpty {
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
-		ids, err := opts.Scanner.ScanIDs(ctx, e.Name, after, batch)
+		ids, err := opts.Scanner.ScanIDs(ctx, e.Name, after, &lastID, batch)
 		if err != nil {
 			return st, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
 		}
@@ -156,7 +172,9 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 				return st, fmt.Errorf("bloom: %w", err)
 			}
 		}
-		if _, err := r.warm(ctx, e, opts.Leases, ids, &st); err != nil {
+		if opts.FilterOnly {
+			st.Rows += int64(len(ids))
+		} else if _, err := r.warm(ctx, e, opts.Leases, ids, &st); err != nil {
 			return st, err
 		}
 		last := ids[len(ids)-1]

@@ -110,6 +110,13 @@ type Options struct {
 	FallbackConcurrency int
 	// MaxRefreshes caps concurrent background refreshes of stale hot values. Default 16.
 	MaxRefreshes int
+	// Covered, if set, says whether the binlog tail covers an entity: every change to its table
+	// is invalidated. While it says no, the entity's reads bypass the cache (MySQL directly,
+	// X-Cache: bypass, nothing read from or written to Redis): a row cached then could outlive
+	// a change no invalidation will ever delete. Nil: always covered.
+	Covered func(entity string) bool
+	// BypassConcurrency caps MySQL loads of uncovered entities in this process. Default 16.
+	BypassConcurrency int
 	// AfterLoad, if set, runs after rows are read from MySQL and before they are cached. Tests
 	// use it to interleave a write with a load.
 	AfterLoad func(ids []string)
@@ -137,6 +144,8 @@ type Reader struct {
 	fallback  Fallback
 	direct    chan struct{} // FallbackLoad's concurrency limit
 	afterLoad func(ids []string)
+	covered   func(entity string) bool
+	bypassing chan struct{} // loads of uncovered entities
 
 	refreshSlots chan struct{} // background refresh concurrency limit
 	refreshing   sync.Map      // cache key → struct{}: refreshes running in this process
@@ -174,7 +183,9 @@ func New(opts Options) *Reader {
 		wait:      opts.LeaseWait,
 		fallback:  opts.Fallback,
 		afterLoad: opts.AfterLoad,
+		covered:   opts.Covered,
 	}
+	r.bypassing = make(chan struct{}, cmp.Or(opts.BypassConcurrency, 16))
 	if r.wait <= 0 {
 		r.wait = 2 * time.Second
 	}
@@ -228,6 +239,9 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 		return Result{}, err
 	}
 	key := CacheKey(r.prefix, e.Name, id)
+	if r.covered != nil && !r.covered(e.Name) {
+		return r.bypass(ctx, e, id, key)
+	}
 	start := time.Now()
 	b, err := r.cache.Get(ctx, key)
 	e.m.redisGet.Observe(time.Since(start).Seconds())
@@ -380,6 +394,9 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 			seen[id] = true
 			ids = append(ids, id)
 		}
+	}
+	if r.covered != nil && !r.covered(e.Name) {
+		return r.bypassMany(ctx, e, ids)
 	}
 	keys := make([]string, len(ids))
 	for i, id := range ids {

@@ -160,6 +160,10 @@ type CDC struct {
 	// LeaderTTL is the leader lease: one sidecar per database tails, and a dead one is replaced
 	// within this period. Default 5s.
 	LeaderTTL Duration `yaml:"leader_ttl"`
+	// OnBinlogGone is what the tail does when the binlog it must resume from was purged:
+	// "reset" drops every configured entity's cache and starts again at the server's current
+	// position; "stall" keeps retrying and reports itself stalled. Default "reset".
+	OnBinlogGone string `yaml:"on_binlog_gone"`
 }
 
 // Entity maps a URL name to a table.
@@ -349,6 +353,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.CDC.DoubleDeleteDelay, Duration(DefaultDoubleDelete))
 	setDefault(&c.CDC.DSN, c.MySQL.DSN)
 	setDefault(&c.CDC.LeaderTTL, Duration(5*time.Second))
+	setDefault(&c.CDC.OnBinlogGone, "reset")
 	for i := range c.Entities {
 		e := &c.Entities[i]
 		setDefault(&e.Table, e.Name)
@@ -488,6 +493,11 @@ func (c *Config) validate() error {
 	}
 	if c.CDC.LeaderTTL.D() < 300*time.Millisecond {
 		return bad("cdc.leader_ttl", "%v is too short (at least 300ms)", c.CDC.LeaderTTL.D())
+	}
+	switch c.CDC.OnBinlogGone {
+	case "reset", "stall":
+	default:
+		return bad("cdc.on_binlog_gone", "%q is not one of reset, stall", c.CDC.OnBinlogGone)
 	}
 	if c.CDC.Enabled {
 		if c.CDC.ServerID == 0 {

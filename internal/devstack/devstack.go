@@ -35,6 +35,10 @@ type Options struct {
 	GeneralLog bool
 	// RedisOnly starts Redis alone, for tests of Redis behaviour.
 	RedisOnly bool
+	// LowerCaseTableNames starts MariaDB with lower_case_table_names=1, as servers whose
+	// schemas came from Windows or macOS often run: table names are stored in lower case and
+	// compared without regard to case.
+	LowerCaseTableNames bool
 	// Logf receives progress lines. Default: silent.
 	Logf func(format string, args ...any)
 }
@@ -145,7 +149,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	s.RedisAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(redisPort))
 
 	if !opts.RedisOnly {
-		if err := s.startMySQL(ctx, mysqlPort, opts.GeneralLog); err != nil {
+		if err := s.startMySQL(ctx, mysqlPort, opts.GeneralLog, opts.LowerCaseTableNames); err != nil {
 			s.Stop()
 			return nil, err
 		}
@@ -166,12 +170,16 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func (s *Stack) startMySQL(ctx context.Context, port int, generalLog bool) error {
+func (s *Stack) startMySQL(ctx context.Context, port int, generalLog, lowerCaseNames bool) error {
 	data := filepath.Join(s.Dir, "mysql")
 	cnf := filepath.Join(s.Dir, "my.cnf")
 	gl := "0"
 	if generalLog {
 		gl = "1"
+	}
+	lctn := "0"
+	if lowerCaseNames {
+		lctn = "1"
 	}
 	// A defaults file of our own keeps /etc/mysql out; as root mariadbd needs user=root. Each
 	// stack has its own tmpdir: mariadbd deletes stray #sql* files in its tmpdir at start, so
@@ -203,8 +211,9 @@ sync_binlog=0
 max_connections=500
 character-set-server=utf8mb4
 collation-server=utf8mb4_general_ci
+lower_case_table_names=%s
 `, currentUser(), tmp, data, filepath.Join(s.Dir, "mysql.sock"), filepath.Join(s.Dir, "mysqld.pid"),
-		port, filepath.Join(s.Dir, "binlog"), gl)
+		port, filepath.Join(s.Dir, "binlog"), gl, lctn)
 	if err := os.WriteFile(cnf, []byte(conf), 0o600); err != nil {
 		return err
 	}

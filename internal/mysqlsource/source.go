@@ -65,14 +65,26 @@ type Entity struct {
 	Key     Key
 	// KeyOrdinal is the key column's position in the table, from 0, as the schema is at start.
 	KeyOrdinal int
+	// KeyCharset is the character set of a string key column ("" for integer keys).
+	KeyCharset string
 	Columns    []Column // the columns returned, in order
+	// Cascades are foreign keys of this table whose parent's changes cascade into it (ON DELETE
+	// or ON UPDATE CASCADE / SET NULL / SET DEFAULT): the server applies them without binlog
+	// row events, so they are never invalidated.
+	Cascades []Cascade
 
 	one   *sql.Stmt
 	mu    sync.Mutex
 	many  map[int]*sql.Stmt // by padded id count
 	query string            // SELECT ... FROM ... WHERE key
 
-	scanFirst, scanNext string // keyset pagination over the key, ids only
+	scanFirst, scanNext string // keyset pagination over the key, ids only, up to a bound
+	last                string // the greatest key
+}
+
+// Cascade is a foreign key whose parent's changes reach the table without binlog row events.
+type Cascade struct {
+	Constraint, Parent, OnDelete, OnUpdate string
 }
 
 // Source loads rows of the configured entities.
@@ -81,6 +93,9 @@ type Source struct {
 	schema   string
 	timeout  time.Duration
 	entities map[string]*Entity
+	// lowerCaseNames: the server compares table names case-insensitively
+	// (lower_case_table_names ≠ 0).
+	lowerCaseNames bool
 }
 
 // New checks every entity against the live schema of database schema and prepares its queries.
@@ -91,6 +106,11 @@ func New(ctx context.Context, db *sql.DB, schema string, entities []config.Entit
 	if err != nil {
 		return nil, err
 	}
+	var lctn int
+	if err := db.QueryRowContext(ctx, "SELECT @@lower_case_table_names").Scan(&lctn); err != nil {
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	s.lowerCaseNames = lctn != 0
 	for _, ce := range entities {
 		e, err := s.check(ctx, ce, mariadb)
 		if err != nil {
@@ -111,15 +131,19 @@ func isMariaDB(ctx context.Context, db *sql.DB) (bool, error) {
 }
 
 type schemaColumn struct {
-	name, dataType, columnType string
-	maxChars                   sql.NullInt64
+	table, name, dataType, columnType string
+	maxChars                          sql.NullInt64
+	charset                           sql.NullString
 }
 
 func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*Entity, error) {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%w: entity %q: %s: %s", ErrSchema, ce.Name, field, fmt.Sprintf(format, args...))
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_MAXIMUM_LENGTH
+	// information_schema compares names without regard to case; the server compares table names
+	// exactly unless lower_case_table_names is set, so only those rows count. The table's name
+	// as the server spells it is what the binlog carries.
+	rows, err := s.db.QueryContext(ctx, `SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME
 		FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`,
 		s.schema, ce.Table)
 	if err != nil {
@@ -128,9 +152,12 @@ func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*En
 	var cols []schemaColumn
 	for rows.Next() {
 		var c schemaColumn
-		if err := rows.Scan(&c.name, &c.dataType, &c.columnType, &c.maxChars); err != nil {
+		if err := rows.Scan(&c.table, &c.name, &c.dataType, &c.columnType, &c.maxChars, &c.charset); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("mysql: reading the schema of %s.%s: %w", s.schema, ce.Table, err)
+		}
+		if c.table != ce.Table && (!s.lowerCaseNames || !strings.EqualFold(c.table, ce.Table)) {
+			continue
 		}
 		c.dataType = strings.ToLower(c.dataType)
 		cols = append(cols, c)
@@ -141,18 +168,19 @@ func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*En
 	if len(cols) == 0 {
 		return nil, bad("table", "table %q does not exist in database %q (or the user may not read it)", ce.Table, s.schema)
 	}
+	table := cols[0].table
 	byName := make(map[string]*schemaColumn, len(cols))
 	for i := range cols {
 		byName[strings.ToLower(cols[i].name)] = &cols[i]
 	}
 	if mariadb {
 		// MariaDB's JSON is LONGTEXT with a json_valid() check named after the column.
-		if err := s.markJSONColumns(ctx, ce.Table, byName); err != nil {
+		if err := s.markJSONColumns(ctx, table, byName); err != nil {
 			return nil, err
 		}
 	}
 
-	pk, err := s.primaryKey(ctx, ce.Table)
+	pk, err := s.primaryKey(ctx, table)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +206,19 @@ func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*En
 		return nil, bad("key", "column %q: %v", kc.name, err)
 	}
 
-	e := &Entity{Name: ce.Name, Table: ce.Table, KeyName: kc.name, Key: key, many: make(map[int]*sql.Stmt)}
+	e := &Entity{Name: ce.Name, Table: table, KeyName: kc.name, Key: key, many: make(map[int]*sql.Stmt)}
+	if key.Kind == KeyString {
+		e.KeyCharset = strings.ToLower(kc.charset.String)
+		switch e.KeyCharset {
+		case "utf8mb4", "utf8mb3", "utf8", "ascii", "latin1":
+		default:
+			return nil, bad("key", "column %q is in character set %s; string keys must be utf8mb4, utf8mb3, ascii or latin1 "+
+				"(the binlog carries their bytes, which must read as the same id)", kc.name, kc.charset.String)
+		}
+	}
+	if e.Cascades, err = s.cascades(ctx, table); err != nil {
+		return nil, err
+	}
 	for i := range cols {
 		if &cols[i] == kc {
 			e.KeyOrdinal = i
@@ -209,11 +249,13 @@ func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*En
 	for _, c := range e.Columns {
 		sel = append(sel, quote(c.Name))
 	}
-	e.query = "SELECT " + strings.Join(sel, ", ") + " FROM " + quote(s.schema) + "." + quote(ce.Table) +
+	e.query = "SELECT " + strings.Join(sel, ", ") + " FROM " + quote(s.schema) + "." + quote(table) +
 		" WHERE " + quote(kc.name)
-	from := " FROM " + quote(s.schema) + "." + quote(ce.Table)
-	e.scanFirst = "SELECT " + quote(kc.name) + from + " ORDER BY " + quote(kc.name) + " LIMIT ?"
-	e.scanNext = "SELECT " + quote(kc.name) + from + " WHERE " + quote(kc.name) + " > ? ORDER BY " + quote(kc.name) + " LIMIT ?"
+	from := " FROM " + quote(s.schema) + "." + quote(table)
+	k := quote(kc.name)
+	e.scanFirst = "SELECT " + k + from + " WHERE " + k + " <= ? ORDER BY " + k + " LIMIT ?"
+	e.scanNext = "SELECT " + k + from + " WHERE " + k + " > ? AND " + k + " <= ? ORDER BY " + k + " LIMIT ?"
+	e.last = "SELECT " + k + from + " ORDER BY " + k + " DESC LIMIT 1"
 	if e.one, err = s.db.PrepareContext(ctx, e.query+" = ?"); err != nil {
 		return nil, fmt.Errorf("mysql: preparing the query for entity %q: %w", ce.Name, err)
 	}
@@ -238,6 +280,36 @@ func (s *Source) markJSONColumns(ctx context.Context, table string, byName map[s
 		}
 	}
 	return rows.Err()
+}
+
+// cascades lists the foreign keys through which changes to other tables reach this one.
+func (s *Source) cascades(ctx context.Context, table string) ([]Cascade, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT CONSTRAINT_NAME, REFERENCED_TABLE_NAME, DELETE_RULE, UPDATE_RULE
+		FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?`, s.schema, table)
+	if err != nil {
+		return nil, fmt.Errorf("mysql: reading the foreign keys of %s.%s: %w", s.schema, table, err)
+	}
+	defer rows.Close()
+	var out []Cascade
+	for rows.Next() {
+		var c Cascade
+		if err := rows.Scan(&c.Constraint, &c.Parent, &c.OnDelete, &c.OnUpdate); err != nil {
+			return nil, err
+		}
+		if reaches(c.OnDelete) || reaches(c.OnUpdate) {
+			out = append(out, c)
+		}
+	}
+	return out, rows.Err()
+}
+
+// reaches reports a referential action that changes the child's rows.
+func reaches(rule string) bool {
+	switch strings.ToUpper(rule) {
+	case "CASCADE", "SET NULL", "SET DEFAULT":
+		return true
+	}
+	return false
 }
 
 func (s *Source) primaryKey(ctx context.Context, table string) ([]string, error) {
@@ -319,25 +391,54 @@ func (s *Source) Load(ctx context.Context, entity, id string) (row []byte, found
 	return row, found, err
 }
 
-// ScanIDs returns up to limit ids in key order after *after (nil: from the start): keyset
-// pagination on the primary key, never OFFSET, so each page costs the same.
-func (s *Source) ScanIDs(ctx context.Context, entity string, after *string, limit int) ([]string, error) {
+// LastID returns the table's greatest key; ok is false when the table is empty.
+func (s *Source) LastID(ctx context.Context, entity string) (id string, ok bool, err error) {
+	e := s.entities[entity]
+	if e == nil {
+		return "", false, fmt.Errorf("mysqlsource: unknown entity %q", entity)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var v any
+	switch err := s.db.QueryRowContext(ctx, e.last).Scan(&v); {
+	case errors.Is(err, sql.ErrNoRows):
+		return "", false, nil
+	case err != nil:
+		return "", false, err
+	}
+	return string(appendText(nil, v)), true, nil
+}
+
+// ScanIDs returns up to limit ids in key order after *after (nil: from the start) and up to
+// *last (nil: to the end): keyset pagination on the primary key, never OFFSET, so each page
+// costs the same.
+func (s *Source) ScanIDs(ctx context.Context, entity string, after, last *string, limit int) ([]string, error) {
 	e := s.entities[entity]
 	if e == nil {
 		return nil, fmt.Errorf("mysqlsource: unknown entity %q", entity)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	if last == nil {
+		id, ok, err := s.LastID(ctx, entity)
+		if err != nil || !ok {
+			return nil, err
+		}
+		last = &id
+	}
+	upTo, err := e.Key.arg(*last)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidID, err)
+	}
 	var rows *sql.Rows
-	var err error
 	if after == nil {
-		rows, err = s.db.QueryContext(ctx, e.scanFirst, limit)
+		rows, err = s.db.QueryContext(ctx, e.scanFirst, upTo, limit)
 	} else {
 		var arg any
 		if arg, err = e.Key.arg(*after); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidID, err)
 		}
-		rows, err = s.db.QueryContext(ctx, e.scanNext, arg, limit)
+		rows, err = s.db.QueryContext(ctx, e.scanNext, arg, upTo, limit)
 	}
 	if err != nil {
 		return nil, err
