@@ -5,8 +5,11 @@
 // moved columns would read the key from the wrong column. With binlog_row_metadata=FULL every
 // event carries its own column names and primary key, and the key is taken from those.
 //
-// One sidecar per database tails at a time (a Redis leader lease); the checkpoint (GTID set,
-// and file/position) advances only past changes whose deletes, both of them, are done.
+// One sidecar per database tails at a time (a Redis leader lease). The checkpoint (GTID set,
+// or file/position, and the entities it covers) advances only past changes whose deletes, both
+// of them, are done. What the binlog cannot say row by row (DDL, statement-logged writes, a key
+// that cannot be read, the changes made while no tail covered an entity) drops the entity's
+// whole cache instead, so no change is ever skipped.
 package cdc
 
 import (
@@ -16,9 +19,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
+	"maps"
+	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -41,7 +47,16 @@ type Target struct {
 	Bloom     bool // add inserted ids to the entity's Bloom filter
 }
 
-// Options configure a Tail. Everything but Registerer, Logger and Filters is required.
+// OnBinlogGone says what a tail does when the binlog it must resume from has been purged.
+const (
+	// Reset drops the cached keys (and filters) of every configured entity and starts again
+	// from the server's current position: nothing stale survives, at the cost of a cold cache.
+	Reset = "reset"
+	// Stall keeps retrying and reports the tail stalled until an operator acts.
+	Stall = "stall"
+)
+
+// Options configure a Tail. Everything but Registerer, Logger, Filters and OnReset is required.
 type Options struct {
 	Flavor   string // "mysql" or "mariadb"
 	ServerID uint32
@@ -57,21 +72,60 @@ type Options struct {
 	Redis       redis.UniversalClient
 	Invalidator *invalidation.Invalidator
 	Filters     *bloom.Filters
+	// OnReset is called after an entity's Bloom filter was reset (DDL, a restart without a
+	// checkpoint); the caller rebuilds it. Nil: nothing is rebuilt.
+	OnReset func(entity string)
+	// OnBinlogGone is Reset (the default) or Stall.
+	OnBinlogGone string
 	// LeaderTTL is the leader lease period; a dead leader is replaced within it. Default 5s.
 	LeaderTTL  time.Duration
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
 
+// replayWindow is how far back before losing Redis's data a leader resumes: a failover can lose
+// the writes (deletes among them) of the last moments before it, up to the replica's lag.
+const replayWindow = 10 * time.Second
+
 // Tail is the binlog tail of one database.
 type Tail struct {
 	o   Options
 	log *slog.Logger
 	m   *metrics
+	id  string // names this process in the status
 
-	// oldest is the binlog time of the oldest change not yet checkpointed (zero when none).
-	mu     sync.Mutex
-	oldest []time.Time
+	// Set by Check from the server.
+	lowerCaseNames bool
+	charsets       map[uint64]string // collation id → character set
+
+	tables       map[string][]Target // by normalized table name
+	fingerprints map[string]string   // entity → what its coverage depends on
+
+	leading   atomic.Bool
+	processed atomic.Pointer[Checkpoint]      // the last commit point the leader's session processed
+	coverage  atomic.Pointer[map[string]bool] // entity → covered by the checkpoint in Redis
+
+	mu         sync.Mutex
+	oldest     []time.Time  // binlog times of changes queued and not yet checkpointed
+	history    []saved      // checkpoints this process saved, oldest first
+	lostAt     time.Time    // when this process last stopped leading
+	forceReset bool         // the binlog needed is gone: start over from the current position
+	status     Status       // this process's own view
+	seen       Status       // the leader's status as last read from Redis
+	heads      []headSample // the server's binlog head, sampled every second, not yet reached
+	checkpoint string       // the saved checkpoint as last read
+	resets     int
+	lastErr    string
+	lastErrLog time.Time
+	started    time.Time
+
+	lastUnreadable map[string]time.Time
+}
+
+// saved is a checkpoint this process saved, for resuming after Redis lost it.
+type saved struct {
+	at time.Time
+	cp Checkpoint
 }
 
 // New returns a Tail.
@@ -82,13 +136,46 @@ func New(o Options) *Tail {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	t := &Tail{o: o, log: o.Logger.With("component", "cdc", "schema", o.Schema)}
-	t.m = newMetrics(o.Registerer, t.checkpointAge)
+	if o.OnBinlogGone == "" {
+		o.OnBinlogGone = Reset
+	}
+	host, _ := os.Hostname()
+	t := &Tail{o: o, log: o.Logger.With("component", "cdc", "schema", o.Schema),
+		id: fmt.Sprintf("%s/%d", host, os.Getpid()), started: time.Now()}
+	t.status = Status{State: StateStandby}
+	t.setTables(false)
+	t.m = newMetrics(o.Registerer, t)
 	return t
+}
+
+// setTables indexes the targets by table name, folded to lower case when the server compares
+// table names that way (lower_case_table_names ≠ 0).
+func (t *Tail) setTables(lower bool) {
+	t.lowerCaseNames = lower
+	t.tables = map[string][]Target{}
+	t.fingerprints = map[string]string{}
+	for table, targets := range t.o.Tables {
+		t.tables[t.fold(table)] = append(t.tables[t.fold(table)], targets...)
+		for _, tg := range targets {
+			t.fingerprints[tg.Entity] = "v2:" + strings.ToLower(table) + "." + strings.ToLower(tg.KeyColumn)
+		}
+	}
+}
+
+func (t *Tail) fold(name string) string {
+	if t.lowerCaseNames {
+		return strings.ToLower(name)
+	}
+	return name
+}
+
+func (t *Tail) entities() []string {
+	return slices.Sorted(maps.Keys(t.fingerprints))
 }
 
 func (t *Tail) leaderKey() string     { return t.o.Prefix + "{cdc:" + t.o.Schema + "}:leader" }
 func (t *Tail) checkpointKey() string { return t.o.Prefix + "{cdc:" + t.o.Schema + "}:checkpoint" }
+func (t *Tail) statusKey() string     { return t.o.Prefix + "{cdc:" + t.o.Schema + "}:status" }
 
 // Checkpoint is where a tail resumes.
 type Checkpoint struct {
@@ -98,6 +185,17 @@ type Checkpoint struct {
 	Pos    uint32 `json:"pos,omitempty"`
 	// EventTime is the binlog time of the last change it covers.
 	EventTime int64 `json:"event_time"`
+	// Entities are the entities whose every change up to the position is invalidated, each with
+	// the fingerprint of its table and key. Readers cache an entity only while it is here; a
+	// leader drops the cache of an entity it finds missing before it adds it. Nil in checkpoints
+	// of earlier versions, which are taken to cover every entity.
+	Entities map[string]string `json:"entities,omitempty"`
+	// Prepared are the XA transactions prepared before the position and not yet committed or
+	// rolled back, each with the entities it changed (xid → entities).
+	Prepared map[string][]string `json:"xa_prepared,omitempty"`
+	// XAComplete says Prepared lists every XA transaction prepared before the position. When it
+	// is false, an XA COMMIT of an unknown xid drops every entity.
+	XAComplete bool `json:"xa_complete,omitempty"`
 }
 
 // String names the position, for retry messages and logs.
@@ -106,6 +204,14 @@ func (cp Checkpoint) String() string {
 		return cp.GTID
 	}
 	return fmt.Sprintf("%s:%d", cp.File, cp.Pos)
+}
+
+// covers reports whether cp covers entity with fingerprint fp.
+func (cp Checkpoint) covers(entity, fp string) bool {
+	if cp.Entities == nil {
+		return true // written by a version that did not record coverage
+	}
+	return cp.Entities[entity] == fp
 }
 
 // LoadCheckpoint reads the saved checkpoint; ok is false when there is none.
@@ -130,33 +236,80 @@ func (t *Tail) saveCheckpoint(ctx context.Context, cp Checkpoint) error {
 
 // Run tails while this process holds the leader lease and stands by otherwise, until ctx ends.
 // The lease is a singleflight lease on the leader key: an owner token, renewed every ttl/3.
+// Beside it, every process follows the checkpoint and the leader's status, for Covered and
+// Status.
 func (t *Tail) Run(ctx context.Context) error {
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		t.watch(ctx)
+	}()
+	defer func() { <-watchDone }()
+
 	leases := singleflight.NewLeases(t.o.Redis, t.o.LeaderTTL)
+	backoff := time.Second
 	for ctx.Err() == nil {
 		lease, err := leases.Acquire(ctx, t.leaderKey())
 		if err != nil || lease == nil {
 			t.m.leader.Set(0)
 			if err != nil && ctx.Err() == nil {
-				t.log.Warn("cannot reach Redis for the leader lease", "err", err)
+				t.fail(ctx, fmt.Errorf("cdc: cannot reach Redis for the leader lease: %w", err), false)
+			} else {
+				t.setState(StateStandby, "", "")
 			}
 			sleep(ctx, t.o.LeaderTTL/3)
 			continue
 		}
 		t.m.leader.Set(1)
+		t.leading.Store(true)
+		t.setState(StateStarting, "", "")
 		t.log.Info("leading: tailing the binlog")
 		err = t.lead(ctx, leases, lease)
 		t.m.leader.Set(0)
+		t.leading.Store(false)
+		t.mu.Lock()
+		t.lostAt = time.Now()
+		t.mu.Unlock()
 		if ctx.Err() != nil {
 			return nil
 		}
-		t.log.Warn("stopped leading", "err", err)
-		sleep(ctx, time.Second)
+		switch {
+		case errors.Is(err, errRedisChanged), errors.Is(err, errLeaseLost):
+			t.log.Warn("stopped leading", "err", err)
+			t.setState(StateStandby, "", "")
+			backoff = time.Second
+		case isBinlogGone(err) && t.o.OnBinlogGone == Reset:
+			// The checkpoint names a position that is gone: it covers nothing any more. Readers
+			// bypass the cache until the reset has dropped every entity and saved a new one.
+			t.mu.Lock()
+			t.forceReset = true
+			t.resets++
+			t.history = nil
+			t.mu.Unlock()
+			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if err := t.o.Redis.Del(dctx, t.checkpointKey()).Err(); err != nil {
+				t.log.Warn("cannot remove the checkpoint that names a purged position", "err", err)
+			}
+			t.refresh(dctx)
+			cancel()
+			t.m.resets.Inc()
+			t.fail(ctx, fmt.Errorf("%w; resetting: every configured entity's cache is dropped and the tail starts again at the server's current position", err), true)
+			backoff = time.Second
+		default:
+			t.fail(ctx, err, true)
+			backoff = min(2*backoff, 30*time.Second)
+		}
+		sleep(ctx, backoff)
 	}
 	return nil
 }
 
 // errLeaseLost stops a tail whose leader lease could not be renewed.
 var errLeaseLost = errors.New("leader lease lost")
+
+// errRedisChanged stops a tail whose Redis restarted or failed over: what it wrote lately may
+// be gone, so it resumes from before.
+var errRedisChanged = errors.New("Redis restarted or failed over")
 
 // lead tails while the lease is kept. The first renewal that fails stops the tail: the lease
 // can only pass to another sidecar a whole period after the last renewal, so this one has
@@ -165,18 +318,26 @@ func (t *Tail) lead(ctx context.Context, leases *singleflight.Leases, lease *sin
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	keeper := leases.Keep([]*singleflight.Lease{lease})
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
+		defer wg.Done()
 		select {
 		case <-keeper.Lost():
 			cancel(errLeaseLost)
 		case <-lctx.Done():
 		}
 	}()
+	go func() {
+		defer wg.Done()
+		t.monitor(lctx, cancel)
+	}()
 	err := t.tail(lctx)
 	cancel(nil)
+	wg.Wait()
 	keeper.Stop()
 	leases.Release([]*singleflight.Lease{lease})
-	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) {
+	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) || errors.Is(cause, errRedisChanged) {
 		return cause
 	}
 	return err
@@ -189,31 +350,122 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// start finds where to resume: the checkpoint, or the server's current position.
-func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*replication.BinlogStreamer, Checkpoint, error) {
-	cp, ok, err := t.LoadCheckpoint(ctx)
+// start finds where to resume and what must be dropped first:
+//   - the oldest of the checkpoint in Redis and, when this process led until a moment ago, its
+//     own checkpoint from replayWindow before it stopped (Redis may have lost what came after);
+//   - with neither (Redis lost the checkpoint and no process remembers it), or when the binlog
+//     needed is gone: the server's current position, after dropping every entity's cache;
+//   - entities the checkpoint does not cover (added to the config, or covered by a leader with
+//     another config) are dropped before the checkpoint covers them.
+func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*replication.BinlogStreamer, *session, error) {
+	stored, ok, err := t.LoadCheckpoint(ctx)
 	if err != nil {
-		return nil, cp, err
+		return nil, nil, err
 	}
-	if !ok {
-		if cp, err = t.currentPosition(ctx); err != nil {
-			return nil, cp, err
+	t.mu.Lock()
+	reset := t.forceReset
+	remembered, haveMemory := t.replayPoint()
+	t.mu.Unlock()
+
+	var cp Checkpoint
+	switch {
+	case reset:
+		t.log.Warn("starting over at the server's current position: every configured entity's cache is dropped first")
+	case ok && haveMemory:
+		cp = stored
+		if before(t.o.Flavor, remembered, stored) {
+			cp = remembered
 		}
-		t.log.Info("no checkpoint: starting at the current binlog position; earlier changes are not replayed",
-			"gtid", cp.GTID, "file", cp.File, "pos", cp.Pos)
-	} else {
-		t.log.Info("resuming from the checkpoint", "gtid", cp.GTID, "file", cp.File, "pos", cp.Pos)
+		t.log.Info("resuming from the checkpoint", "position", cp.String(), "stored", stored.String(), "remembered", remembered.String())
+	case ok:
+		cp = stored
+		t.log.Info("resuming from the checkpoint", "position", cp.String())
+	case haveMemory:
+		cp = remembered
+		t.log.Warn("the checkpoint is gone from Redis (restart, failover or eviction): resuming from this process's own, from before the loss",
+			"position", cp.String())
+	default:
+		reset = true
+		t.log.Warn("no checkpoint: starting at the server's current position; every configured entity's cache is dropped first, " +
+			"since rows cached before may have changed unseen")
+	}
+	if reset {
+		if cp, err = t.currentPosition(ctx); err != nil {
+			return nil, nil, err
+		}
+		cp.Entities = map[string]string{}
+		cp.XAComplete = t.recoverPrepared(ctx, &cp)
 	}
 	set, pos, err := resumePoint(t.o.Flavor, cp)
 	if err != nil {
-		return nil, cp, err
+		return nil, nil, err
 	}
+	var stream *replication.BinlogStreamer
 	if set != nil {
-		st, err := syncer.StartSyncGTID(set)
-		return st, cp, err
+		stream, err = syncer.StartSyncGTID(set)
+	} else {
+		stream, err = syncer.StartSync(pos)
 	}
-	st, err := syncer.StartSync(pos)
-	return st, cp, err
+	if err != nil {
+		return nil, nil, err
+	}
+	t.mu.Lock()
+	t.forceReset = false
+	t.mu.Unlock()
+
+	s := newSession(t, cp)
+	for _, e := range t.entities() {
+		if !cp.covers(e, t.fingerprints[e]) {
+			t.log.Info("the checkpoint does not cover this entity: dropping its cache before covering it", "entity", e)
+			s.w.drop(e, "uncovered")
+		}
+	}
+	if cp.Entities == nil {
+		s.cp.XAComplete = true // earlier versions flushed XA transactions at their prepare
+	}
+	s.cp.Entities = maps.Clone(t.fingerprints)
+	return stream, s, nil
+}
+
+// replayPoint is where this process would resume from its own memory: the newest checkpoint it
+// saved at least replayWindow before it stopped leading, or its oldest. Only a process that
+// stopped leading within the last two minutes remembers. Call with t.mu held.
+func (t *Tail) replayPoint() (Checkpoint, bool) {
+	if len(t.history) == 0 || t.lostAt.IsZero() || time.Since(t.lostAt) > 2*time.Minute {
+		return Checkpoint{}, false
+	}
+	cp := t.history[0].cp
+	for _, h := range t.history {
+		if h.at.After(t.lostAt.Add(-replayWindow)) {
+			break
+		}
+		cp = h.cp
+	}
+	return cp, true
+}
+
+// before reports whether a is an earlier position than b. Positions that cannot be ordered
+// (GTID sets of different domains) compare by their binlog times.
+func before(flavor string, a, b Checkpoint) bool {
+	if a.GTID != "" && b.GTID != "" {
+		sa, errA := mysql.ParseGTIDSet(flavor, a.GTID)
+		sb, errB := mysql.ParseGTIDSet(flavor, b.GTID)
+		if errA == nil && errB == nil {
+			switch {
+			case sa.Equal(sb):
+				return false
+			case sb.Contain(sa):
+				return true
+			case sa.Contain(sb):
+				return false
+			}
+		}
+		return a.EventTime < b.EventTime
+	}
+	if a.File != b.File {
+		return a.File < b.File
+	}
+	return a.Pos < b.Pos
 }
 
 // resumePoint is where a checkpoint resumes: by GTID set when it has one (MariaDB, or MySQL
@@ -235,51 +487,57 @@ func resumePoint(flavor string, cp Checkpoint) (mysql.GTIDSet, mysql.Position, e
 	return nil, mysql.Position{Name: cp.File, Pos: cp.Pos}, nil
 }
 
-// pending is a change (a transaction or a DDL) waiting for its second deletes.
-type pending struct {
-	cp   Checkpoint
-	done <-chan struct{}
-	at   time.Time // binlog time
-}
-
 // tail streams the binlog until ctx ends or the stream fails.
 func (t *Tail) tail(ctx context.Context) error {
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: t.o.ServerID, Flavor: t.o.Flavor, Host: t.o.Host, Port: t.o.Port,
 		User: t.o.User, Password: t.o.Password, Logger: t.log.With("component", "binlog"),
 		HeartbeatPeriod: time.Second, ReadTimeout: 5 * time.Second,
+		// A dropped connection ends the stream and the tail resumes from its own checkpoint;
+		// go-mysql's own retry would resume mid-transaction by file and position.
+		DisableRetrySync: true,
+		// Parsed events waiting to be processed: a bounded buffer keeps a huge transaction's
+		// memory bounded too.
+		EventCacheCount: 64,
 	})
 	defer syncer.Close()
-	stream, cp, err := t.start(ctx, syncer)
+	stream, s, err := t.start(ctx, syncer)
 	if err != nil {
 		return fmt.Errorf("cdc: start: %w", err)
 	}
-	cp.Flavor = t.o.Flavor
 	t.mu.Lock()
 	t.oldest = nil // this session's changes only
+	t.heads = nil
 	t.mu.Unlock()
+	t.setState(StateTailing, "", "")
+	t.setProcessed(s.cp)
 
 	// The saver advances the checkpoint in binlog order, each step only once that change's
 	// second delete is done.
-	queue := make(chan pending, 100_000)
+	queue := make(chan pending, 4096)
 	saverDone := make(chan error, 1)
 	go func() { saverDone <- t.saver(ctx, queue) }()
 	defer func() {
 		close(queue)
 		<-saverDone
 	}()
+	s.queue = queue
+	// The drops of uncovered entities, and the first checkpoint (it says which entities this
+	// leader covers), go first: no checkpoint covering them is saved before they are done.
+	s.mark()
+	if err := s.flush(ctx); err != nil {
+		return err
+	}
 
-	b := batch{keys: map[string]bool{}, inserts: map[string][]string{}}
-	inTxn := false // between a transaction's start and its XID or COMMIT
 	for {
 		var ev *replication.BinlogEvent
-		if b.changes > 0 {
+		if s.dirty() {
 			// Something waits to be flushed: flush as soon as the stream pauses.
 			gctx, cancel := context.WithTimeout(ctx, 2*time.Millisecond)
 			ev, err = stream.GetEvent(gctx)
 			cancel()
 			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-				if err := t.flush(ctx, &b, queue); err != nil {
+				if err := s.flush(ctx); err != nil {
 					return err
 				}
 				continue
@@ -293,271 +551,11 @@ func (t *Tail) tail(ctx context.Context) error {
 			}
 			return fmt.Errorf("cdc: binlog stream: %w", err)
 		}
-		at := time.Unix(int64(ev.Header.Timestamp), 0)
-		switch e := ev.Event.(type) {
-		case *replication.RotateEvent:
-			cp.File, cp.Pos = string(e.NextLogName), uint32(e.Position)
-		case *replication.RowsEvent:
-			t.rows(ev.Header.EventType, e, &b)
-		case *replication.XIDEvent:
-			inTxn = false
-			cp.Pos = ev.Header.LogPos
-			if e.GSet != nil {
-				cp.GTID = e.GSet.String()
-			}
-			cp.EventTime = at.Unix()
-			b.commit(cp, at)
-		case *replication.MariadbGTIDEvent:
-			// MariaDB opens a transaction with its GTID event (no BEGIN); a standalone one
-			// (DDL) has no terminating COMMIT.
-			inTxn = !e.IsStandalone()
-		case *replication.QueryEvent:
-			q := strings.ToUpper(strings.TrimSpace(string(e.Query)))
-			switch {
-			case q == "BEGIN":
-				inTxn = true
-				continue
-			case q == "COMMIT", strings.HasPrefix(q, "ROLLBACK") && !strings.HasPrefix(q, "ROLLBACK TO"):
-				// The end of a transaction (a ROLLBACK is logged only when a non-transactional
-				// table kept its changes, so its keys are invalidated all the same).
-				inTxn = false
-			case inTxn:
-				// SAVEPOINT, ROLLBACK TO, XA END...: inside a transaction, not a commit point.
-				// The GTID set already covers the whole transaction, so checkpointing here
-				// could skip the rest of its rows.
-				continue
-			default:
-				t.m.events.WithLabelValues("ddl").Inc()
-			}
-			cp.Pos = ev.Header.LogPos
-			if e.GSet != nil {
-				cp.GTID = e.GSet.String()
-			}
-			cp.EventTime = at.Unix()
-			b.commit(cp, at)
-		}
-		if len(b.keys) >= 1000 || b.changes >= 1000 {
-			if err := t.flush(ctx, &b, queue); err != nil {
+		s.event(ev)
+		if s.full() {
+			if err := s.flush(ctx); err != nil {
 				return err
 			}
 		}
 	}
-}
-
-// batch collects committed changes between flushes.
-type batch struct {
-	keys    map[string]bool
-	inserts map[string][]string // entity → ids inserted (for the Bloom filter)
-	changes int                 // commits in the batch
-	last    Checkpoint
-	first   time.Time // binlog time of the oldest commit in the batch
-	open    []string  // keys of the transaction in progress
-	openIns map[string][]string
-}
-
-func (b *batch) commit(cp Checkpoint, at time.Time) {
-	for _, k := range b.open {
-		b.keys[k] = true
-	}
-	for e, ids := range b.openIns {
-		b.inserts[e] = append(b.inserts[e], ids...)
-	}
-	b.open, b.openIns = b.open[:0], nil
-	if b.changes == 0 {
-		b.first = at
-	}
-	b.changes++
-	b.last = cp
-}
-
-// rows turns a row event of a tailed table into keys of the open transaction.
-func (t *Tail) rows(typ replication.EventType, e *replication.RowsEvent, b *batch) {
-	if string(e.Table.Schema) != t.o.Schema {
-		return
-	}
-	targets := t.o.Tables[string(e.Table.Table)]
-	if len(targets) == 0 {
-		return
-	}
-	action := "update"
-	switch typ {
-	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2,
-		replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
-		action = "insert"
-	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2,
-		replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1:
-		action = "delete"
-	}
-	rowsPerChange := 1
-	if action == "update" {
-		rowsPerChange = 2 // before and after: the key may have changed
-	}
-	t.m.events.WithLabelValues(action).Add(float64(len(e.Rows) / rowsPerChange))
-	for _, tg := range targets {
-		idx := keyIndex(e.Table, tg)
-		for _, row := range e.Rows {
-			if idx < 0 || idx >= len(row) {
-				t.m.unmapped.Inc()
-				t.log.Error("a row event has no key column; its key is not invalidated", "table", string(e.Table.Table), "entity", tg.Entity)
-				continue
-			}
-			id, ok := formatID(row[idx], tg)
-			if !ok {
-				t.m.unmapped.Inc()
-				continue
-			}
-			b.open = append(b.open, singleflight.CacheKey(t.o.Prefix, tg.Entity, id))
-			if action == "insert" && tg.Bloom {
-				if b.openIns == nil {
-					b.openIns = map[string][]string{}
-				}
-				b.openIns[tg.Entity] = append(b.openIns[tg.Entity], id)
-			}
-		}
-	}
-}
-
-// keyIndex finds the key column in the event's own metadata: by name, then by the primary key
-// it declares, and only without metadata by the schema read at start.
-func keyIndex(tm *replication.TableMapEvent, tg Target) int {
-	if names := tm.ColumnNameString(); len(names) > 0 {
-		for i, n := range names {
-			if strings.EqualFold(n, tg.KeyColumn) {
-				return i
-			}
-		}
-		return -1
-	}
-	if len(tm.PrimaryKey) == 1 {
-		return int(tm.PrimaryKey[0])
-	}
-	return tg.KeyIndex
-}
-
-// formatID writes a key value the way the read path writes ids: integers in plain decimal
-// (unsigned columns arrive as signed values of their width), strings as they are.
-func formatID(v any, tg Target) (string, bool) {
-	var n int64
-	switch v := v.(type) {
-	case int8:
-		n = int64(v)
-	case int16:
-		n = int64(v)
-	case int32:
-		n = int64(v)
-	case int64:
-		n = v
-	case int:
-		n = int64(v)
-	case uint64:
-		return strconv.FormatUint(v, 10), true
-	case uint32:
-		return strconv.FormatUint(uint64(v), 10), true
-	case []byte:
-		return string(v), true
-	case string:
-		return v, true
-	default:
-		return "", false
-	}
-	if tg.Unsigned && n < 0 && tg.Bits > 0 && tg.Bits < 64 {
-		return strconv.FormatUint(uint64(n)&(1<<tg.Bits-1), 10), true
-	}
-	if tg.Unsigned {
-		return strconv.FormatUint(uint64(n), 10), true
-	}
-	return strconv.FormatInt(n, 10), true
-}
-
-// flush hands a batch to invalidation: inserted ids into the Bloom filters first (so the key's
-// delete never exposes an id the filter calls absent), then the first delete of every key, and
-// queues the batch's checkpoint behind its second delete.
-func (t *Tail) flush(ctx context.Context, b *batch, queue chan<- pending) error {
-	if t.o.Filters != nil {
-		for entity, ids := range b.inserts {
-			for {
-				err := t.o.Filters.Add(ctx, entity, ids...)
-				if err == nil {
-					break
-				}
-				t.log.Warn("bloom add failed; retrying", "entity", entity, "err", err)
-				sleep(ctx, 100*time.Millisecond)
-				if ctx.Err() != nil {
-					return nil
-				}
-			}
-		}
-	}
-	keys := make([]string, 0, len(b.keys))
-	for k := range b.keys {
-		keys = append(keys, k)
-	}
-	done, err := t.o.Invalidator.DeleteAt(ctx, keys, b.last.String())
-	if err != nil {
-		return nil // ctx ended; the checkpoint was not advanced past these
-	}
-	if len(keys) > 0 {
-		t.m.lag.Observe(time.Since(b.first).Seconds())
-	}
-	t.mu.Lock()
-	t.oldest = append(t.oldest, b.first)
-	t.mu.Unlock()
-	select {
-	case queue <- pending{cp: b.last, done: done, at: b.first}:
-	case <-ctx.Done():
-		return nil
-	}
-	// A transaction still open (the stream paused inside it) carries over.
-	*b = batch{keys: map[string]bool{}, inserts: map[string][]string{}, open: b.open, openIns: b.openIns}
-	return nil
-}
-
-// saver writes the checkpoint of each change once its second delete is done, in order, at
-// most every 100ms, and once more on the way out.
-func (t *Tail) saver(ctx context.Context, queue <-chan pending) error {
-	var latest *Checkpoint
-	var saved time.Time
-	save := func(sctx context.Context) {
-		if latest == nil {
-			return
-		}
-		if err := t.saveCheckpoint(sctx, *latest); err != nil {
-			t.log.Warn("saving the checkpoint failed", "err", err)
-			return
-		}
-		t.m.checkpointTime.Set(float64(latest.EventTime))
-		latest, saved = nil, time.Now()
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		save(sctx)
-		cancel()
-	}()
-	for p := range queue {
-		select {
-		case <-p.done:
-		case <-ctx.Done():
-			return nil // not done: the checkpoint stays before it
-		}
-		t.mu.Lock()
-		t.oldest = t.oldest[1:]
-		t.mu.Unlock()
-		cp := p.cp
-		latest = &cp
-		if time.Since(saved) >= 100*time.Millisecond || len(queue) == 0 {
-			save(ctx)
-		}
-	}
-	return nil
-}
-
-// checkpointAge is how far behind the checkpoint is: the age of the oldest change not yet
-// checkpointed, 0 when all are.
-func (t *Tail) checkpointAge() float64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.oldest) == 0 {
-		return 0
-	}
-	return time.Since(t.oldest[0]).Seconds()
 }

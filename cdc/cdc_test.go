@@ -58,7 +58,8 @@ func newRig(t *testing.T) *rig {
 	g.exec("CREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)")
 	g.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { g.rc.Close() })
-	g.inv = invalidation.New(invalidation.Options{Deleter: singleflight.NewLeases(g.rc, time.Second), Delay: 50 * time.Millisecond})
+	leases := singleflight.NewLeases(g.rc, time.Second)
+	g.inv = invalidation.New(invalidation.Options{Deleter: leases, Dropper: leases, Prefix: g.prefix, Delay: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { g.inv.Run(ctx); close(done) }()
@@ -74,14 +75,33 @@ func (g *rig) exec(q string, args ...any) {
 }
 
 func (g *rig) tail(ttl time.Duration) *cdc.Tail {
+	return g.newTail(ttl, nil, false)
+}
+
+// tailWith returns a checked tail of the rig's items table, with options changed by opt.
+func (g *rig) tailWith(ttl time.Duration, opt func(*cdc.Options)) *cdc.Tail {
+	return g.newTail(ttl, opt, true)
+}
+
+func (g *rig) newTail(ttl time.Duration, opt func(*cdc.Options), check bool) *cdc.Tail {
 	host, port, _ := net.SplitHostPort(stack.MySQLAddr)
 	p, _ := strconv.Atoi(port)
-	return cdc.New(cdc.Options{
+	o := cdc.Options{
 		Flavor: "mariadb", ServerID: uint32(1000 + seq.Add(1)), Host: host, Port: uint16(p), User: "root",
 		Schema: g.db, Prefix: g.prefix, DB: g.root, Redis: g.rc, Invalidator: g.inv, LeaderTTL: ttl,
 		Tables: map[string][]cdc.Target{"items": {{Entity: "items", KeyColumn: "id", KeyIndex: 0, Unsigned: true, Bits: 32}}},
 		Logger: testLogger(),
-	})
+	}
+	if opt != nil {
+		opt(&o)
+	}
+	tl := cdc.New(o)
+	if check {
+		if err := tl.Check(context.Background()); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+	return tl
 }
 
 func testLogger() *slog.Logger {
@@ -157,6 +177,40 @@ func (g *rig) waitCheckpoint(tl *cdc.Tail) cdc.Checkpoint {
 	}
 }
 
+// checkpointed runs a tail until it has saved a checkpoint, and stops it: the changes that
+// follow are made while no tail runs.
+func (g *rig) checkpointed() {
+	g.t.Helper()
+	tl := g.tail(time.Second)
+	stop := g.run(tl)
+	g.waitCheckpoint(tl)
+	stop()
+}
+
+// waitCaughtUp waits until the saved checkpoint is the server's position: every change so far
+// is invalidated, second passes included.
+func (g *rig) waitCaughtUp(tl *cdc.Tail) {
+	g.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var pos string
+		if err := g.root.QueryRow("SELECT @@gtid_binlog_pos").Scan(&pos); err != nil {
+			g.t.Fatal(err)
+		}
+		cp, ok, err := tl.LoadCheckpoint(context.Background())
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		if ok && cp.GTID == pos {
+			return
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("the checkpoint is at %q, the server at %q", cp.GTID, pos)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestChangesInvalidateKeys(t *testing.T) {
 	g := newRig(t)
 	tl := g.tail(time.Second)
@@ -180,6 +234,8 @@ func TestChangesInvalidateKeys(t *testing.T) {
 }
 
 // TestAlterTableWhileTailing: an ALTER that puts a column before the key, while the tail runs.
+// The ALTER drops the entity's cache; rows changed after it are read by their column names, not
+// by the key's position when the tail started.
 func TestAlterTableWhileTailing(t *testing.T) {
 	g := newRig(t)
 	tl := g.tail(time.Second)
@@ -187,13 +243,20 @@ func TestAlterTableWhileTailing(t *testing.T) {
 	g.waitCheckpoint(tl)
 	g.cache(60, 70, 5)
 	g.exec("ALTER TABLE items ADD COLUMN extra INT NOT NULL DEFAULT 5 FIRST")
+	g.waitGone(60, 70, 5) // DDL on the table drops every key of the entity
+	g.waitCaughtUp(tl)
+	g.cache(60, 5)
 	g.exec("UPDATE items SET name = 'x' WHERE id = 60")
-	g.exec("ALTER TABLE items DROP COLUMN extra")
-	g.exec("DELETE FROM items WHERE id = 70")
-	g.waitGone(60, 70)
+	g.waitGone(60)
 	if n := g.rc.Exists(context.Background(), g.key(5)).Val(); n != 1 {
 		t.Error("the tail deleted the key made of the added column's value")
 	}
+	g.exec("ALTER TABLE items DROP COLUMN extra")
+	g.waitGone(5)
+	g.waitCaughtUp(tl)
+	g.cache(70)
+	g.exec("DELETE FROM items WHERE id = 70")
+	g.waitGone(70)
 }
 
 // TestCatchUpAcrossAlterTable: changes made while no tail ran, then an ALTER that puts a column
@@ -201,21 +264,25 @@ func TestAlterTableWhileTailing(t *testing.T) {
 // every key, reading each event through its own column metadata.
 func TestCatchUpAcrossAlterTable(t *testing.T) {
 	g := newRig(t)
-	tl := g.tail(time.Second)
-	stop := g.run(tl)
-	g.waitCheckpoint(tl)
-	stop()
+	g.checkpointed()
 
-	// 7 and 99 are the values of the new first column: a tail that read the key from the
-	// wrong position would delete their keys.
-	g.cache(10, 20, 30, 140, 7, 99)
+	g.cache(10, 20, 30, 140)
 	g.exec("UPDATE items SET name = 'before' WHERE id = 10")
 	g.exec("DELETE FROM items WHERE id = 20")
 	g.exec("ALTER TABLE items ADD COLUMN extra INT NOT NULL DEFAULT 7 FIRST")
 	g.exec("UPDATE items SET name = 'after' WHERE id = 30")
 	g.exec("INSERT INTO items (extra, id, name) VALUES (99, 140, 'new')")
-	g.run(g.tail(time.Second))
+	tl := g.tail(time.Second)
+	g.run(tl)
 	g.waitGone(10, 20, 30, 140)
+	g.waitCaughtUp(tl)
+
+	// Caught up: 7 and 99 are values of the new first column, which a tail that read the key
+	// from its position at start would take for keys.
+	g.cache(30, 7, 99)
+	g.exec("UPDATE items SET name = 'later' WHERE id = 30")
+	g.exec("INSERT INTO items (extra, id, name) VALUES (7, 141, 'newer')")
+	g.waitGone(30)
 	if n := g.rc.Exists(context.Background(), g.key(7), g.key(99)).Val(); n != 2 {
 		t.Errorf("the tail deleted keys made of the wrong column (%d of 2 left)", n)
 	}

@@ -53,28 +53,53 @@ func TestResumePoint(t *testing.T) {
 
 func TestFormatID(t *testing.T) {
 	tests := []struct {
-		v    any
-		tg   Target
-		want string
+		v       any
+		tg      Target
+		charset string
+		want    string
 	}{
-		{int32(42), Target{Bits: 32}, "42"},
-		{int32(-7), Target{Bits: 32}, "-7"},
-		{int32(-1), Target{Unsigned: true, Bits: 32}, "4294967295"},           // INT UNSIGNED max
-		{int8(-1), Target{Unsigned: true, Bits: 8}, "255"},                    // TINYINT UNSIGNED max
-		{int32(-1), Target{Unsigned: true, Bits: 24}, "16777215"},             // MEDIUMINT UNSIGNED max
-		{int64(-1), Target{Unsigned: true, Bits: 64}, "18446744073709551615"}, // BIGINT UNSIGNED max
-		{int64(-9223372036854775808), Target{Bits: 64}, "-9223372036854775808"},
-		{uint64(18446744073709551615), Target{Unsigned: true, Bits: 64}, "18446744073709551615"},
-		{[]byte("JP"), Target{}, "JP"},
-		{"a:b}c", Target{}, "a:b}c"},
+		{int32(42), Target{Bits: 32}, "", "42"},
+		{int32(-7), Target{Bits: 32}, "", "-7"},
+		{int32(-1), Target{Unsigned: true, Bits: 32}, "", "4294967295"},           // INT UNSIGNED max, without metadata
+		{int8(-1), Target{Unsigned: true, Bits: 8}, "", "255"},                    // TINYINT UNSIGNED max, without metadata
+		{int32(-1), Target{Unsigned: true, Bits: 24}, "", "16777215"},             // MEDIUMINT UNSIGNED max, without metadata
+		{int64(-1), Target{Unsigned: true, Bits: 64}, "", "18446744073709551615"}, // BIGINT UNSIGNED max, without metadata
+		{int64(-9223372036854775808), Target{Bits: 64}, "", "-9223372036854775808"},
+		{int8(-128), Target{Bits: 8}, "", "-128"},
+		{int16(-32768), Target{Bits: 16}, "", "-32768"},
+		// With binlog_row_metadata=FULL, go-mysql hands unsigned columns over as unsigned types.
+		{uint8(255), Target{Unsigned: true, Bits: 8}, "", "255"},
+		{uint16(65535), Target{Unsigned: true, Bits: 16}, "", "65535"},
+		{uint32(16777215), Target{Unsigned: true, Bits: 24}, "", "16777215"},
+		{uint32(4294967295), Target{Unsigned: true, Bits: 32}, "", "4294967295"},
+		{uint64(18446744073709551615), Target{Unsigned: true, Bits: 64}, "", "18446744073709551615"},
+		{[]byte("JP"), Target{}, "", "JP"},
+		{"a:b}c", Target{}, "utf8mb4", "a:b}c"},
+		{"né☃", Target{}, "utf8mb4", "né☃"},
+		{"plain", Target{}, "latin1", "plain"},
+		{"\xe9t\xe9 \x80", Target{}, "latin1", "été €"}, // MySQL's latin1 is Windows-1252
+		{"plain", Target{}, "cp1251", "plain"},
 	}
 	for _, tt := range tests {
-		if got, ok := formatID(tt.v, tt.tg); !ok || got != tt.want {
-			t.Errorf("formatID(%#v, %+v) = %q, %v; want %q", tt.v, tt.tg, got, ok, tt.want)
+		if got, ok := formatID(tt.v, tt.tg, tt.charset); !ok || got != tt.want {
+			t.Errorf("formatID(%#v, %+v, %q) = %q, %v; want %q", tt.v, tt.tg, tt.charset, got, ok, tt.want)
 		}
 	}
-	if _, ok := formatID(3.5, Target{}); ok {
-		t.Error("a float key value was formatted")
+	unreadable := []struct {
+		v       any
+		tg      Target
+		charset string
+	}{
+		{3.5, Target{}, ""},          // no key has this type
+		{"\xe9t\xe9", Target{}, ""},  // not UTF-8
+		{"\xe9", Target{}, "cp1251"}, // a character set the tail cannot convert
+		{int32(5), Target{}, ""},     // an integer where the key is a string
+		{nil, Target{Bits: 32}, ""},  // a column missing from a minimal row image
+	}
+	for _, tt := range unreadable {
+		if got, ok := formatID(tt.v, tt.tg, tt.charset); ok {
+			t.Errorf("formatID(%#v, %+v, %q) = %q, want unreadable", tt.v, tt.tg, tt.charset, got)
+		}
 	}
 }
 

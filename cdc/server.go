@@ -49,6 +49,14 @@ func (t *Tail) Check(ctx context.Context) error {
 	case strings.EqualFold(compression, "ON"):
 		return fmt.Errorf("%w: binlog_transaction_compression=ON, want OFF (compressed transaction payloads are not read)", ErrServer)
 	}
+	var lctn int
+	if err := t.o.DB.QueryRowContext(ctx, "SELECT @@lower_case_table_names").Scan(&lctn); err != nil {
+		return fmt.Errorf("cdc: reading lower_case_table_names: %w", err)
+	}
+	t.setTables(lctn != 0)
+	if err := t.loadCharsets(ctx); err != nil {
+		return err
+	}
 	rows, err := t.o.DB.QueryContext(ctx, "SHOW GRANTS")
 	if err != nil {
 		return fmt.Errorf("cdc: reading the user's grants: %w", err)
@@ -69,6 +77,52 @@ func (t *Tail) Check(ctx context.Context) error {
 	return rows.Err()
 }
 
+// loadCharsets reads which character set each collation id belongs to, for string keys.
+func (t *Tail) loadCharsets(ctx context.Context) error {
+	rows, err := t.o.DB.QueryContext(ctx, "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
+	if err != nil {
+		return fmt.Errorf("cdc: reading the server's collations: %w", err)
+	}
+	defer rows.Close()
+	t.charsets = map[uint64]string{}
+	for rows.Next() {
+		var id uint64
+		var cs string
+		if err := rows.Scan(&id, &cs); err != nil {
+			return err
+		}
+		t.charsets[id] = strings.ToLower(cs)
+	}
+	return rows.Err()
+}
+
+// recoverPrepared records the XA transactions prepared on the server now (XA RECOVER) in cp,
+// each to drop every entity at its commit: a tail that starts at the current position never
+// saw what they changed. It reports whether cp now lists every prepared transaction.
+func (t *Tail) recoverPrepared(ctx context.Context, cp *Checkpoint) bool {
+	rows, err := t.o.DB.QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		t.log.Warn("cannot list prepared XA transactions (XA RECOVER); an XA COMMIT of one prepared before this start "+
+			"will drop every entity's cache", "err", err)
+		return false
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var format int64
+		var gl, bl int
+		var data []byte
+		if err := rows.Scan(&format, &gl, &bl, &data); err != nil || gl+bl > len(data) {
+			return false
+		}
+		xid := fmt.Sprintf("%x,%x,%d", data[:gl], data[gl:gl+bl], format)
+		if cp.Prepared == nil {
+			cp.Prepared = map[string][]string{}
+		}
+		cp.Prepared[xid] = t.entities()
+	}
+	return rows.Err() == nil
+}
+
 // currentPosition is the server's binlog position now.
 func (t *Tail) currentPosition(ctx context.Context) (Checkpoint, error) {
 	cp := Checkpoint{Flavor: t.o.Flavor}
@@ -76,14 +130,18 @@ func (t *Tail) currentPosition(ctx context.Context) (Checkpoint, error) {
 		err := t.o.DB.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&cp.GTID)
 		return cp, err
 	}
-	rows, err := t.o.DB.QueryContext(ctx, "SHOW MASTER STATUS")
+	// MySQL 8.2 renamed SHOW MASTER STATUS, and 8.4 removed the old name.
+	rows, err := t.o.DB.QueryContext(ctx, "SHOW BINARY LOG STATUS")
+	if err != nil {
+		rows, err = t.o.DB.QueryContext(ctx, "SHOW MASTER STATUS")
+	}
 	if err != nil {
 		return cp, err
 	}
 	defer rows.Close()
 	cols, _ := rows.Columns()
 	if !rows.Next() {
-		return cp, fmt.Errorf("%w: SHOW MASTER STATUS returned nothing (is log_bin on?)", ErrServer)
+		return cp, fmt.Errorf("%w: the server reports no binlog position (is log_bin on?)", ErrServer)
 	}
 	vals := make([]sql.NullString, len(cols))
 	ptrs := make([]any, len(cols))

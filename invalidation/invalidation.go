@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,6 +24,14 @@ type Deleter interface {
 	Invalidate(ctx context.Context, keys ...string) (failed []string, err error)
 }
 
+// Dropper deletes every cached key of an entity at once: after DDL on its table, or when the
+// binlog no longer says which rows changed (singleflight.Leases.DropEntity).
+type Dropper interface {
+	// DropEntity deletes every value and lease of entity under prefix and returns the keys
+	// whose delete failed. An error with no failed keys means the pass did not complete.
+	DropEntity(ctx context.Context, prefix, entity string) (failed []string, err error)
+}
+
 // Retrier takes keys whose delete failed off the caller's hands (the Kafka retry path).
 type Retrier interface {
 	// Retry queues keys for retried deletes; acked is closed once they are durably handed off.
@@ -33,6 +42,10 @@ type Retrier interface {
 // Options configure an Invalidator. Deleter is required.
 type Options struct {
 	Deleter Deleter
+	// Dropper drops whole entities; required for changes with Entities.
+	Dropper Dropper
+	// Prefix is the key prefix entity drops match under. Default none.
+	Prefix string
 	// Retrier, if set, takes failed deletes after one attempt. Nil: retry in process until
 	// the delete succeeds.
 	Retrier Retrier
@@ -42,6 +55,9 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff between attempts of a failed delete.
 	// Defaults 20ms and 2s.
 	RetryMin, RetryMax time.Duration
+	// MaxPending bounds the keys waiting for their second delete; Submit waits while more are
+	// pending, so a huge transaction cannot grow memory without bound. Default 200,000.
+	MaxPending int
 	// Registerer receives the metrics; nil: not registered.
 	Registerer prometheus.Registerer
 	// Logger; nil: slog.Default().
@@ -51,6 +67,9 @@ type Options struct {
 // Invalidator deletes keys twice. Run must be running for second deletes to happen.
 type Invalidator struct {
 	del                Deleter
+	dropper            Dropper
+	prefix             string
+	maxPending         int
 	retrier            Retrier
 	delay              time.Duration
 	retryMin, retryMax time.Duration
@@ -60,6 +79,7 @@ type Invalidator struct {
 	mu      sync.Mutex
 	queue   []second      // due in order: the delay is the same for all
 	wake    chan struct{} // signalled when the queue gains a head
+	drained chan struct{} // signalled when second deletes are done, for Submit's back-pressure
 	pending int
 	waiters sync.WaitGroup // finish's goroutines; Run waits for them
 }
@@ -67,6 +87,7 @@ type Invalidator struct {
 type second struct {
 	due      time.Time
 	keys     []string
+	entities []string
 	position string
 	first    <-chan struct{} // the first pass's hand-off, when it had failures
 	done     chan struct{}
@@ -75,8 +96,12 @@ type second struct {
 // New returns an Invalidator.
 func New(opts Options) *Invalidator {
 	inv := &Invalidator{
-		del: opts.Deleter, retrier: opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
-		log: opts.Logger, wake: make(chan struct{}, 1), m: newMetrics(opts.Registerer),
+		del: opts.Deleter, dropper: opts.Dropper, prefix: opts.Prefix, maxPending: opts.MaxPending,
+		retrier: opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
+		log: opts.Logger, wake: make(chan struct{}, 1), drained: make(chan struct{}, 1), m: newMetrics(opts.Registerer),
+	}
+	if inv.maxPending <= 0 {
+		inv.maxPending = 200_000
 	}
 	if inv.delay == 0 {
 		inv.delay = 500 * time.Millisecond
@@ -95,42 +120,124 @@ func New(opts Options) *Invalidator {
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
+// Change is one unit of invalidation: the keys of changed rows, and entities whose every key
+// must go (DDL on their table, a row whose key could not be read).
+type Change struct {
+	Keys     []string
+	Entities []string
+	// Position is the change's binlog position, which a retry message carries.
+	Position string
+}
+
 // Delete deletes keys now and schedules the second delete. It returns once the first delete
 // is done or handed off (retrying in process until then when there is no Retrier). The
 // returned channel is closed once both passes are done or handed off: only then is the change
 // fully invalidated.
 func (inv *Invalidator) Delete(ctx context.Context, keys []string) (done <-chan struct{}, err error) {
-	return inv.DeleteAt(ctx, keys, "")
+	_, done, err = inv.Submit(ctx, Change{Keys: keys})
+	return done, err
 }
 
-// DeleteAt is Delete for a change at a binlog position, which a retry message carries.
-func (inv *Invalidator) DeleteAt(ctx context.Context, keys []string, position string) (done <-chan struct{}, err error) {
-	if len(keys) == 0 {
-		return closed, nil
+// Submit invalidates a change: entities are dropped (their first pass runs here, retried until
+// the scan completes) and keys deleted now, and the second pass of both is scheduled. first is
+// closed once the first pass is done or durably handed off (a Retrier acknowledged its failed
+// keys); done once both passes are. It waits while MaxPending keys wait for their second pass.
+func (inv *Invalidator) Submit(ctx context.Context, c Change) (first, done <-chan struct{}, err error) {
+	if len(c.Keys) == 0 && len(c.Entities) == 0 {
+		return closed, closed, nil
 	}
-	first, err := inv.pass(ctx, keys, position, inv.m.first)
+	if err := inv.waitPending(ctx); err != nil {
+		return nil, nil, err
+	}
+	first, err = inv.pass(ctx, c, inv.m.first)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if inv.delay < 0 {
-		return first, nil
+		return first, first, nil
 	}
-	s := second{due: time.Now().Add(inv.delay), keys: keys, position: position, first: first, done: make(chan struct{})}
+	s := second{due: time.Now().Add(inv.delay), keys: c.Keys, entities: c.Entities, position: c.Position, first: first, done: make(chan struct{})}
 	inv.mu.Lock()
 	inv.queue = append(inv.queue, s)
-	inv.pending += len(keys)
+	inv.pending += len(c.Keys)
 	inv.m.pending.Set(float64(inv.pending))
 	inv.mu.Unlock()
 	select {
 	case inv.wake <- struct{}{}:
 	default:
 	}
-	return s.done, nil
+	return first, s.done, nil
 }
 
-// pass deletes keys once; what fails goes to the Retrier, or is retried here until it succeeds.
-// The returned channel is closed once every key is deleted or handed off.
-func (inv *Invalidator) pass(ctx context.Context, keys []string, position string, deleted prometheus.Counter) (<-chan struct{}, error) {
+// waitPending blocks while MaxPending keys or more wait for their second delete.
+func (inv *Invalidator) waitPending(ctx context.Context) error {
+	for {
+		inv.mu.Lock()
+		n := inv.pending
+		inv.mu.Unlock()
+		if n < inv.maxPending {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-inv.drained:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// pass runs one pass of a change: its entity drops, then its key deletes. What fails goes to
+// the Retrier, or is retried here until it succeeds. The returned channel is closed once every
+// key is deleted or handed off.
+func (inv *Invalidator) pass(ctx context.Context, c Change, deleted prometheus.Counter) (<-chan struct{}, error) {
+	keys := c.Keys
+	if len(c.Entities) > 0 {
+		failed, err := inv.drop(ctx, c.Entities)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(slices.Clip(keys), failed...)
+	}
+	return inv.deleteKeys(ctx, keys, c.Position, deleted)
+}
+
+// drop runs one full drop of each entity, retrying a scan that did not complete, and returns
+// the keys whose delete failed.
+func (inv *Invalidator) drop(ctx context.Context, entities []string) (failed []string, err error) {
+	if inv.dropper == nil {
+		return nil, errors.New("invalidation: an entity drop needs a Dropper")
+	}
+	for _, e := range entities {
+		backoff := inv.retryMin
+		for attempt := 1; ; attempt++ {
+			f, err := inv.dropper.DropEntity(ctx, inv.prefix, e)
+			if err == nil || len(f) > 0 {
+				inv.m.drops.Inc()
+				failed = append(failed, f...)
+				break
+			}
+			inv.m.failures.Inc()
+			if attempt == 1 || attempt%10 == 0 {
+				inv.log.Warn("dropping an entity's cached keys failed; retrying", "entity", e, "attempt", attempt, "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, errors.Join(ctx.Err(), err)
+			case <-time.After(backoff/2 + rand.N(backoff)):
+			}
+			backoff = min(2*backoff, inv.retryMax)
+		}
+	}
+	return failed, nil
+}
+
+// deleteKeys deletes keys once; what fails goes to the Retrier, or is retried here until it
+// succeeds. The returned channel is closed once every key is deleted or handed off.
+func (inv *Invalidator) deleteKeys(ctx context.Context, keys []string, position string, deleted prometheus.Counter) (<-chan struct{}, error) {
+	if len(keys) == 0 {
+		return closed, nil
+	}
 	if inv.retrier == nil {
 		if err := inv.deleteRetrying(ctx, keys, deleted); err != nil {
 			return nil, err
@@ -193,7 +300,7 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 		if len(due) > 0 {
 			n := 0
 			for _, s := range due {
-				ack, err := inv.pass(ctx, s.keys, s.position, inv.m.second)
+				ack, err := inv.pass(ctx, Change{Keys: s.keys, Entities: s.entities, Position: s.position}, inv.m.second)
 				if err != nil {
 					return nil // ctx ended: not done, so never checkpointed past
 				}
@@ -204,6 +311,10 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 			inv.pending -= n
 			inv.m.pending.Set(float64(inv.pending))
 			inv.mu.Unlock()
+			select {
+			case inv.drained <- struct{}{}:
+			default:
+			}
 			continue
 		}
 		timer.Reset(next)
@@ -246,8 +357,8 @@ func isClosed(c <-chan struct{}) bool {
 }
 
 type metrics struct {
-	first, second, failures prometheus.Counter
-	pending                 prometheus.Gauge
+	first, second, failures, drops prometheus.Counter
+	pending                        prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
@@ -263,9 +374,12 @@ func newMetrics(reg prometheus.Registerer) metrics {
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sidecache_second_deletes_pending", Help: "Keys waiting for their delayed second delete.",
 		}),
+		drops: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecache_entity_drop_passes_total", Help: "Passes that deleted every cached key of an entity (after DDL on its table, an unreadable key, or a restart without a checkpoint).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(deleted, m.failures, m.pending)
+		reg.MustRegister(deleted, m.failures, m.pending, m.drops)
 	}
 	return m
 }

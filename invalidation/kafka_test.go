@@ -96,7 +96,7 @@ func TestDeadLetterAfterExactlyMaxAttempts(t *testing.T) {
 	inv := invalidation.New(invalidation.Options{Deleter: del, Retrier: k, Delay: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	done, err := inv.DeleteAt(ctx, []string{"bad", "good"}, "0-1-42")
+	_, done, err := inv.Submit(ctx, invalidation.Change{Keys: []string{"bad", "good"}, Position: "0-1-42"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,7 @@ type api struct {
 	log     *slog.Logger
 	metrics *httpMetrics
 	ready   func(context.Context) error
+	status  func(context.Context) Status
 	// lastErrLog rate-limits error logs to one a second, so an outage does not flood the log.
 	lastErrLog atomic.Int64
 }
@@ -57,6 +58,7 @@ func (a *api) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("/v1/{entity}", a.getMany)
 	mux.HandleFunc("/healthz", a.healthz)
 	mux.HandleFunc("/readyz", a.readyz)
+	mux.HandleFunc("/status", a.statusz)
 	mux.Handle("/metrics", metrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, "", errNoRoute)
@@ -176,11 +178,33 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := a.ready(ctx); err != nil {
-		writeJSONError(w, http.StatusServiceUnavailable, "not_ready", err.Error())
+		a.logFailure("", "not_ready", err)
+		// The part that failed, never the error's text: it carries addresses.
+		part := "mysql"
+		if errors.Is(err, errRedisDown) {
+			part = "redis"
+		}
+		writeJSONError(w, http.StatusServiceUnavailable, "not_ready", part+" is unavailable")
 		return
 	}
 	w.Header()["Content-Type"] = contentJSON
 	w.Write([]byte(`{"status":"ready"}`))
+}
+
+// statusz reports every part's state as JSON: MySQL, Redis, the binlog tail, the filters.
+func (a *api) statusz(w http.ResponseWriter, r *http.Request) {
+	if !a.onlyGET(w, r) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	b, err := json.Marshal(a.status(ctx))
+	if err != nil {
+		a.writeError(w, "", err)
+		return
+	}
+	w.Header()["Content-Type"] = contentJSON
+	w.Write(b)
 }
 
 // classify is the one place that turns errors into HTTP statuses and error codes.
@@ -198,6 +222,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusNotFound, "no_route"
 	case errors.Is(err, errMethodNotAllowed):
 		return http.StatusMethodNotAllowed, "method_not_allowed"
+	case errors.Is(err, errDeleteFailed):
+		return http.StatusServiceUnavailable, "cache_unavailable"
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable, "timeout"
 	case errors.Is(err, context.Canceled):
@@ -208,10 +234,19 @@ func classify(err error) (status int, code string) {
 		return http.StatusServiceUnavailable, "db_unavailable"
 	case errors.Is(err, readthrough.ErrWaitTimeout):
 		return http.StatusServiceUnavailable, "wait_timeout"
-	case errors.Is(err, errDeleteFailed):
-		return http.StatusServiceUnavailable, "cache_unavailable"
 	}
 	return http.StatusInternalServerError, "internal"
+}
+
+// serverMessages are the messages of the 5xx codes. A server-side error's own text goes to the
+// log only: it names hosts, ports and users.
+var serverMessages = map[string]string{
+	"timeout":           "the request took longer than limits.request_timeout",
+	"canceled":          "the request was canceled",
+	"cache_unavailable": "the cache (Redis) is unavailable",
+	"db_unavailable":    "the database (MySQL) is unavailable",
+	"wait_timeout":      "another sidecar's load of this key took longer than lease.wait",
+	"internal":          "internal error",
 }
 
 func (a *api) writeError(w http.ResponseWriter, entity string, err error) {
@@ -219,16 +254,27 @@ func (a *api) writeError(w http.ResponseWriter, entity string, err error) {
 	if code == "internal" {
 		// Unexpected, so always logged; the client is not shown the details (a panic's stack).
 		a.log.Error("request failed", "entity", entity, "err", err)
-		writeJSONError(w, status, code, "internal error")
+		writeJSONError(w, status, code, serverMessages[code])
 		return
 	}
-	if status >= 500 && code != "canceled" {
-		now := time.Now().UnixNano()
-		if last := a.lastErrLog.Load(); now-last >= int64(time.Second) && a.lastErrLog.CompareAndSwap(last, now) {
-			a.log.Warn("request failed", "entity", entity, "code", code, "err", err)
+	if status >= 500 {
+		if code != "canceled" {
+			a.logFailure(entity, code, err)
 		}
+		writeJSONError(w, status, code, serverMessages[code])
+		return
 	}
+	// A client error's text is about the request itself: the id or entity it named.
 	writeJSONError(w, status, code, err.Error())
+}
+
+// logFailure logs a server-side failure with its details, at most once a second, so that an
+// outage does not flood the log.
+func (a *api) logFailure(entity, code string, err error) {
+	now := time.Now().UnixNano()
+	if last := a.lastErrLog.Load(); now-last >= int64(time.Second) && a.lastErrLog.CompareAndSwap(last, now) {
+		a.log.Warn("request failed", "entity", entity, "code", code, "err", err)
+	}
 }
 
 func writeJSONError(w http.ResponseWriter, status int, code, message string) {

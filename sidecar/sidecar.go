@@ -42,20 +42,21 @@ type Options struct {
 
 // Sidecar is a configured, connected sidecache.
 type Sidecar struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	db      *sql.DB
-	redis   redis.UniversalClient
-	source  *mysqlsource.Source
-	reader  *readthrough.Reader
-	leases  *singleflight.Leases
-	filters *bloom.Filters // nil when no entity has a filter
-	inval   *invalidation.Invalidator
-	tail    *cdc.Tail           // nil unless cdc.enabled
-	kafka   *invalidation.Kafka // nil unless kafka.brokers
-	faults  *faults.Faults      // nil unless configured
-	cdcDB   *sql.DB
-	handler http.Handler
+	cfg      *config.Config
+	log      *slog.Logger
+	db       *sql.DB
+	redis    redis.UniversalClient
+	source   *mysqlsource.Source
+	reader   *readthrough.Reader
+	leases   *singleflight.Leases
+	filters  *bloom.Filters // nil when no entity has a filter
+	inval    *invalidation.Invalidator
+	tail     *cdc.Tail           // nil unless cdc.enabled
+	rebuilds *rebuilds           // Bloom filter rebuilds the binlog tail's leader runs
+	kafka    *invalidation.Kafka // nil unless kafka.brokers
+	faults   *faults.Faults      // nil unless configured
+	cdcDB    *sql.DB
+	handler  http.Handler
 }
 
 // New connects to MySQL, checks every entity against its schema, and prepares the read path.
@@ -137,6 +138,12 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		})
 		names = append(names, ce.Name)
 		log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
+		for _, c := range se.Cascades {
+			log.Warn("foreign-key cascade: the server changes this table's rows through it without binlog row events, "+
+				"so those changes are not invalidated; see the README on foreign keys",
+				"entity", ce.Name, "table", se.Table, "constraint", c.Constraint, "parent", c.Parent,
+				"on_delete", c.OnDelete, "on_update", c.OnUpdate)
+		}
 	}
 	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source, faults: inject}
 	// Preloads always warm under leases; the read path uses them unless turned off.
@@ -153,6 +160,11 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	if cfg.Lease.Fallback == "unavailable" {
 		fallback = readthrough.FallbackUnavailable
 	}
+	var covered func(string) bool
+	if cfg.CDC.Enabled {
+		// Set by startCDC below, before any request is served.
+		covered = func(entity string) bool { return s.tail.Covered(entity) }
+	}
 	s.reader = readthrough.New(readthrough.Options{
 		Cache:       readthrough.NewRedisCache(rc),
 		Source:      source,
@@ -167,9 +179,12 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		Fallback:    fallback,
 
 		FallbackConcurrency: cfg.Lease.FallbackConcurrency,
+		Covered:             covered,
+		BypassConcurrency:   cfg.MySQL.MaxOpenConns,
 		Metrics:             readthrough.NewMetrics(reg),
 		Logger:              log,
 	})
+	s.rebuilds = newRebuilds(s, reg)
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sidecache_build_info", Help: "Always 1; the version label says which build runs.",
 	}, []string{"version"})
@@ -186,7 +201,8 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		retrier = s.kafka
 	}
 	s.inval = invalidation.New(invalidation.Options{
-		Deleter: s.leases, Retrier: retrier, Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
+		Deleter: s.leases, Dropper: s.leases, Prefix: cfg.Redis.KeyPrefix, Retrier: retrier,
+		Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
 	})
 	if cfg.CDC.Enabled {
 		if err := s.startCDC(pctx, reg, schema); err != nil {
@@ -200,6 +216,7 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		log:     log,
 		metrics: newHTTPMetrics(reg, names),
 		ready:   s.Ready,
+		status:  s.Status,
 	}
 	s.handler = a.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return s, nil
@@ -210,22 +227,30 @@ func (s *Sidecar) Handler() http.Handler { return s.handler }
 
 // Invalidate deletes an entity's key now and again after the double-delete delay; for an
 // entity with a Bloom filter it first adds the id, so a row just inserted is not held absent.
+// It returns nil only once the first delete is done, or its retry is acknowledged by Kafka:
+// an application that goes on after a success must not find the old row.
 func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 	id, err := s.reader.ParseID(entity, raw)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
+	defer cancel()
 	if ce := s.cfg.Entity(entity); ce.Bloom.Enabled && s.filters != nil {
 		if err := s.filters.Add(ctx, entity, id); err != nil {
 			return fmt.Errorf("%w: bloom: %w", errDeleteFailed, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
-	defer cancel()
-	if _, err := s.inval.Delete(ctx, []string{singleflight.CacheKey(s.cfg.Redis.KeyPrefix, entity, id)}); err != nil {
+	first, _, err := s.inval.Submit(ctx, invalidation.Change{Keys: []string{singleflight.CacheKey(s.cfg.Redis.KeyPrefix, entity, id)}})
+	if err != nil {
 		return fmt.Errorf("%w: %w", errDeleteFailed, err)
 	}
-	return nil
+	select {
+	case <-first:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: the delete failed and its retry was not acknowledged: %w", errDeleteFailed, ctx.Err())
+	}
 }
 
 // ParseID validates raw as an id of entity and returns its canonical form.
@@ -233,10 +258,25 @@ func (s *Sidecar) ParseID(entity, raw string) (string, error) { return s.reader.
 
 // Preload warms entity's cache and rebuilds its Bloom filter; see readthrough.Reader.Preload.
 // Scanner and Leases are filled in.
+//
+// With cdc.enabled it first waits (up to a minute) until a binlog tail covers the entity: rows
+// warmed before could outlive changes no invalidation would ever delete.
 func (s *Sidecar) Preload(ctx context.Context, opts readthrough.PreloadOptions) (readthrough.PreloadStats, error) {
 	opts.Scanner, opts.Leases = s.source, s.leases
+	if s.tail != nil {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := s.tail.WaitCovered(wctx, opts.Entity)
+		cancel()
+		if err != nil {
+			return readthrough.PreloadStats{Entity: opts.Entity}, fmt.Errorf("%w (start `sidecache serve` with cdc.enabled first: "+
+				"rows warmed while no tail covers the entity could stay stale)", err)
+		}
+	}
 	return s.reader.Preload(ctx, opts)
 }
+
+// errRedisDown marks a readiness failure of Redis.
+var errRedisDown = errors.New("redis is unavailable")
 
 // Ready reports whether MySQL and Redis both answer.
 func (s *Sidecar) Ready(ctx context.Context) error {
@@ -244,7 +284,7 @@ func (s *Sidecar) Ready(ctx context.Context) error {
 		return fmt.Errorf("mysql: %w", err)
 	}
 	if err := s.redis.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis: %w", err)
+		return fmt.Errorf("%w: %w", errRedisDown, err)
 	}
 	return nil
 }
@@ -284,7 +324,9 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	workers.Go(func() error { return s.inval.Run(wctx) })
 	if s.tail != nil {
 		workers.Go(func() error { return s.tail.Run(wctx) })
+		workers.Go(func() error { return s.rebuilds.run(wctx) })
 	}
+	workers.Go(func() error { s.checkEvictionPolicy(wctx); return nil })
 	if s.kafka != nil {
 		workers.Go(func() error { return s.kafka.RunProducer(wctx) })
 		workers.Go(func() error { return s.kafka.RunWorker(wctx) })
@@ -364,8 +406,8 @@ func (s *Sidecar) startCDC(ctx context.Context, reg prometheus.Registerer, schem
 	s.tail = cdc.New(cdc.Options{
 		Flavor: cfg.CDC.Flavor, ServerID: cfg.CDC.ServerID, Host: host, Port: uint16(port),
 		User: dc.User, Password: dc.Passwd, Schema: schema, Tables: tables, Prefix: cfg.Redis.KeyPrefix,
-		DB: s.cdcDB, Redis: s.redis, Invalidator: s.inval, Filters: s.filters,
-		LeaderTTL: cfg.CDC.LeaderTTL.D(), Registerer: reg, Logger: s.log,
+		DB: s.cdcDB, Redis: s.redis, Invalidator: s.inval, Filters: s.filters, OnReset: s.rebuilds.request,
+		OnBinlogGone: cfg.CDC.OnBinlogGone, LeaderTTL: cfg.CDC.LeaderTTL.D(), Registerer: reg, Logger: s.log,
 	})
 	return s.tail.Check(ctx)
 }

@@ -1,0 +1,626 @@
+package cdc
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/sidecache/sidecache/invalidation"
+	"github.com/sidecache/sidecache/singleflight"
+)
+
+// flushAt is how many keys (or ids to add to a filter) a batch holds before it is flushed, even
+// in the middle of a transaction: memory stays bounded whatever a transaction's size. Rows read
+// from the binlog are committed, so deleting their keys before the transaction's end is safe;
+// only the checkpoint waits for the end.
+const flushAt = 1000
+
+// work is what a batch of binlog events asks of the cache.
+type work struct {
+	keys  map[string]struct{}
+	adds  map[string][]string // entity → ids to add to its Bloom filter (before the deletes)
+	drops map[string]string   // entity → why its whole cache goes
+	n     int
+}
+
+func newWork() work {
+	return work{keys: map[string]struct{}{}, adds: map[string][]string{}, drops: map[string]string{}}
+}
+
+func (w *work) key(k string) {
+	if _, ok := w.keys[k]; !ok {
+		w.keys[k] = struct{}{}
+		w.n++
+	}
+}
+
+func (w *work) add(entity, id string) {
+	w.adds[entity] = append(w.adds[entity], id)
+	w.n++
+}
+
+func (w *work) drop(entity, reason string) {
+	if _, ok := w.drops[entity]; !ok {
+		w.drops[entity] = reason
+	}
+}
+
+func (w *work) empty() bool { return len(w.keys) == 0 && len(w.adds) == 0 && len(w.drops) == 0 }
+
+// merge adds o's work to w.
+func (w *work) merge(o *work) {
+	for k := range o.keys {
+		w.key(k)
+	}
+	for e, ids := range o.adds {
+		for _, id := range ids {
+			w.add(e, id)
+		}
+	}
+	for e, why := range o.drops {
+		w.drop(e, why)
+	}
+}
+
+// xaChanges are the changes of one XA transaction, held until its XA COMMIT.
+type xaChanges struct {
+	w        work
+	entities map[string]bool
+}
+
+func (x *xaChanges) names() []string { return slices.Sorted(maps.Keys(x.entities)) }
+
+// session is one tailing session: the position, the open transaction and the work not yet
+// flushed.
+type session struct {
+	t     *Tail
+	queue chan<- pending
+	cp    Checkpoint // as of the last commit point processed
+
+	inTxn    bool
+	xa       *xaChanges // the open transaction is an XA transaction: its changes wait for XA COMMIT
+	xaID     string     // from its XA END
+	prepared map[string]*xaChanges
+	lastGSet string // the newest GTID set an event carried
+
+	w      work
+	marked bool      // a commit point was processed since the last flush
+	first  time.Time // binlog time of the oldest change in w
+}
+
+func newSession(t *Tail, cp Checkpoint) *session {
+	s := &session{t: t, cp: cp, w: newWork(), prepared: map[string]*xaChanges{}}
+	s.cp.Flavor = t.o.Flavor
+	for xid, entities := range cp.Prepared {
+		x := &xaChanges{w: newWork(), entities: map[string]bool{}}
+		for _, e := range entities {
+			x.entities[e] = true
+			x.w.drop(e, "xa")
+		}
+		s.prepared[xid] = x
+	}
+	return s
+}
+
+func (s *session) dirty() bool { return s.marked || !s.w.empty() }
+func (s *session) full() bool  { return s.w.n >= flushAt || len(s.w.drops) > 0 }
+
+// work returns where the open transaction's changes go.
+func (s *session) work() *work {
+	if s.xa != nil {
+		return &s.xa.w
+	}
+	return &s.w
+}
+
+// event processes one binlog event.
+func (s *session) event(ev *replication.BinlogEvent) {
+	if s.first.IsZero() {
+		s.first = time.Unix(int64(ev.Header.Timestamp), 0)
+	}
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		s.cp.File, s.cp.Pos = string(e.NextLogName), uint32(e.Position)
+	case *replication.MariadbGTIDEvent:
+		// MariaDB opens a transaction with its GTID event (no BEGIN); a standalone one (DDL,
+		// XA COMMIT) has no terminating COMMIT.
+		s.inTxn = !e.IsStandalone()
+		if s.inTxn && e.Flags&mariadbPreparedXA != 0 {
+			s.xa = &xaChanges{w: newWork(), entities: map[string]bool{}}
+		}
+	case *replication.RowsEvent:
+		s.rows(ev.Header.EventType, e)
+	case *replication.XIDEvent:
+		if e.GSet != nil {
+			s.lastGSet = e.GSet.String()
+		}
+		s.endXA(true)
+		s.commit(ev)
+	case *replication.QueryEvent:
+		if e.GSet != nil {
+			s.lastGSet = e.GSet.String()
+		}
+		s.query(ev, e)
+	case *replication.GenericEvent:
+		if ev.Header.EventType == replication.XA_PREPARE_LOG_EVENT {
+			s.prepare(ev, e.Data)
+		}
+	}
+}
+
+// query handles a statement: transaction control, XA, or a statement that changed rows
+// without row events (DDL, or a session that logs in STATEMENT format).
+func (s *session) query(ev *replication.BinlogEvent, e *replication.QueryEvent) {
+	q := strings.TrimSpace(string(e.Query))
+	upper := strings.ToUpper(q[:min(len(q), 40)])
+	switch {
+	case upper == "BEGIN":
+		s.inTxn = true
+		return
+	case strings.HasPrefix(upper, "XA START") || strings.HasPrefix(upper, "XA BEGIN"):
+		s.inTxn = true
+		s.xa = &xaChanges{w: newWork(), entities: map[string]bool{}}
+		return
+	case strings.HasPrefix(upper, "XA END"):
+		s.xaID = xidFromQuery(q)
+		return
+	case strings.HasPrefix(upper, "XA COMMIT") && s.inTxn:
+		// XA COMMIT ... ONE PHASE ends the transaction it is part of.
+		s.endXA(true)
+	case strings.HasPrefix(upper, "XA COMMIT"):
+		s.commitPrepared(xidFromQuery(q))
+	case strings.HasPrefix(upper, "XA ROLLBACK"):
+		if s.inTxn {
+			s.endXA(false)
+		} else {
+			delete(s.prepared, xidFromQuery(q))
+		}
+	case upper == "COMMIT":
+		s.endXA(true)
+	case strings.HasPrefix(upper, "ROLLBACK") && !strings.HasPrefix(upper, "ROLLBACK TO"):
+		// A ROLLBACK is logged only when a non-transactional table kept its changes, so its
+		// keys are invalidated all the same.
+		s.endXA(true)
+	case strings.HasPrefix(upper, "SAVEPOINT") || strings.HasPrefix(upper, "ROLLBACK TO") || strings.HasPrefix(upper, "RELEASE"):
+		return
+	default:
+		entities := s.t.statementEntities(string(e.Schema), q)
+		if len(entities) > 0 {
+			s.t.m.events.WithLabelValues("statement").Inc()
+			s.t.log.Info("a statement changed tables without row events: dropping the entities' caches",
+				"entities", entities, "statement", truncate(q, 200))
+		}
+		w := s.work()
+		for _, en := range entities {
+			w.drop(en, "statement")
+			if s.xa != nil {
+				s.xa.entities[en] = true
+			}
+		}
+		if s.inTxn {
+			return // a statement inside a transaction; its commit comes later
+		}
+	}
+	s.inTxn = false
+	s.commit(ev)
+}
+
+// endXA ends the open transaction: a committed XA transaction's changes join the batch, a
+// rolled back one's are dropped.
+func (s *session) endXA(committed bool) {
+	if s.xa != nil && committed {
+		s.w.merge(&s.xa.w)
+	}
+	s.xa, s.xaID = nil, ""
+}
+
+// prepare ends the prepared part of an XA transaction: its changes wait for XA COMMIT.
+func (s *session) prepare(ev *replication.BinlogEvent, data []byte) {
+	xid := s.xaID
+	if xid == "" {
+		xid = xidFromPrepare(data)
+	}
+	if s.xa != nil && xid != "" {
+		s.prepared[xid] = s.xa
+	} else if s.xa != nil {
+		// An XA transaction this tail cannot name: invalidate it now and again at every XA
+		// COMMIT it cannot match (XAComplete off).
+		s.w.merge(&s.xa.w)
+		s.cp.XAComplete = false
+	}
+	s.xa, s.xaID = nil, ""
+	s.inTxn = false
+	s.commit(ev)
+}
+
+// commitPrepared handles the XA COMMIT of a transaction prepared earlier.
+func (s *session) commitPrepared(xid string) {
+	if x, ok := s.prepared[xid]; ok {
+		delete(s.prepared, xid)
+		s.w.merge(&x.w)
+		return
+	}
+	if !s.cp.XAComplete {
+		s.t.log.Warn("XA COMMIT of a transaction prepared before this tail's start: its changes are unknown, so every entity's cache is dropped", "xid", xid)
+		for _, e := range s.t.entities() {
+			s.w.drop(e, "xa")
+		}
+	}
+}
+
+// commit records a commit point: the position after ev, which the checkpoint may reach once
+// everything before it is invalidated.
+func (s *session) commit(ev *replication.BinlogEvent) {
+	s.cp.Pos = ev.Header.LogPos
+	if s.lastGSet != "" {
+		s.cp.GTID = s.lastGSet
+	}
+	s.cp.EventTime = int64(ev.Header.Timestamp)
+	s.marked = true
+	s.t.setProcessed(s.cp)
+}
+
+// mark makes the current position a commit point to be saved (the start of a session).
+func (s *session) mark() { s.marked = true }
+
+// rows turns a row event of a tailed table into keys to delete and ids to add to filters.
+func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
+	t := s.t
+	if t.fold(string(e.Table.Schema)) != t.fold(t.o.Schema) {
+		return
+	}
+	targets := t.tables[t.fold(string(e.Table.Table))]
+	if len(targets) == 0 {
+		return
+	}
+	action := "update"
+	switch typ {
+	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2,
+		replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
+		action = "insert"
+	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2,
+		replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1:
+		action = "delete"
+	}
+	step := 1
+	if action == "update" {
+		step = 2 // before and after images: the key may have changed
+	}
+	t.m.events.WithLabelValues(action).Add(float64(len(e.Rows) / step))
+	w := s.work()
+	for _, tg := range targets {
+		if s.xa != nil {
+			s.xa.entities[tg.Entity] = true
+		}
+		if _, dropping := w.drops[tg.Entity]; dropping {
+			continue // the whole cache goes anyway
+		}
+		idx := keyIndex(e.Table, tg)
+		charset := t.keyCharset(e.Table, idx)
+		for i := 0; i < len(e.Rows); i += step {
+			var ids [2]string
+			ok := true
+			for j := 0; j < step && i+j < len(e.Rows); j++ {
+				row := e.Rows[i+j]
+				if idx < 0 || idx >= len(row) {
+					ok = false
+					break
+				}
+				if ids[j], ok = formatID(row[idx], tg, charset); !ok {
+					break
+				}
+			}
+			if !ok {
+				t.unreadable(tg, string(e.Table.Table))
+				w.drop(tg.Entity, "unreadable_key")
+				break
+			}
+			w.key(singleflight.CacheKey(t.o.Prefix, tg.Entity, ids[0]))
+			switch {
+			case action == "insert" && tg.Bloom:
+				w.add(tg.Entity, ids[0])
+			case action == "update":
+				if ids[1] != ids[0] {
+					// A key move: the new key exists from now on, so the filter must learn it
+					// before its key is deleted, like an insert's.
+					w.key(singleflight.CacheKey(t.o.Prefix, tg.Entity, ids[1]))
+					if tg.Bloom {
+						w.add(tg.Entity, ids[1])
+					}
+				}
+			}
+		}
+		if s.xa != nil && len(s.xa.w.keys) > xaMaxKeys {
+			// Too many to hold until the commit: drop the entities whole at the commit instead.
+			for en := range s.xa.entities {
+				s.xa.w.drop(en, "xa")
+			}
+			s.xa.w.keys, s.xa.w.adds = map[string]struct{}{}, map[string][]string{}
+		}
+	}
+}
+
+// keyIndex finds the key column in the event's own metadata: by name, then by the primary key
+// it declares, and only without metadata by the schema read at start.
+func keyIndex(tm *replication.TableMapEvent, tg Target) int {
+	if names := tm.ColumnNameString(); len(names) > 0 {
+		for i, n := range names {
+			if strings.EqualFold(n, tg.KeyColumn) {
+				return i
+			}
+		}
+		return -1
+	}
+	if len(tm.PrimaryKey) == 1 {
+		return int(tm.PrimaryKey[0])
+	}
+	return tg.KeyIndex
+}
+
+// keyCharset is the character set of a string key column as the event declares it ("" when
+// the event carries no collations, or for other columns).
+func (t *Tail) keyCharset(tm *replication.TableMapEvent, idx int) string {
+	if idx < 0 || t.charsets == nil || len(tm.DefaultCharset) == 0 && len(tm.ColumnCharset) == 0 {
+		return ""
+	}
+	id, ok := tm.CollationMap()[idx]
+	if !ok {
+		return ""
+	}
+	if cs, ok := t.charsets[id]; ok {
+		return cs
+	}
+	return "unknown"
+}
+
+// formatID writes a key value the way the read path writes ids: integers in plain decimal
+// (without row metadata unsigned columns arrive as signed values of their width), strings as
+// they are. ok is false for a value whose id cannot be known: a type no key has, or a string
+// that is not UTF-8 or is in a character set whose bytes the read path would see differently.
+func formatID(v any, tg Target, charset string) (string, bool) {
+	var n int64
+	switch v := v.(type) {
+	case int8:
+		n = int64(v)
+	case int16:
+		n = int64(v)
+	case int32:
+		n = int64(v)
+	case int64:
+		n = v
+	case int:
+		n = int64(v)
+	case uint8:
+		return strconv.FormatUint(uint64(v), 10), true
+	case uint16:
+		return strconv.FormatUint(uint64(v), 10), true
+	case uint32:
+		return strconv.FormatUint(uint64(v), 10), true
+	case uint64:
+		return strconv.FormatUint(v, 10), true
+	case uint:
+		return strconv.FormatUint(uint64(v), 10), true
+	case []byte:
+		return stringID(string(v), charset)
+	case string:
+		return stringID(v, charset)
+	default:
+		return "", false
+	}
+	if tg.Bits == 0 {
+		return "", false // an integer where the key is a string: the column changed type
+	}
+	if tg.Unsigned && n < 0 && tg.Bits < 64 {
+		return strconv.FormatUint(uint64(n)&(1<<tg.Bits-1), 10), true
+	}
+	if tg.Unsigned {
+		return strconv.FormatUint(uint64(n), 10), true
+	}
+	return strconv.FormatInt(n, 10), true
+}
+
+// stringID turns a string key's bytes into the id the read path sees, which reads through a
+// utf8mb4 connection: UTF-8 as it is, latin1 converted, and in any other character set only
+// ASCII (the same bytes in all of them).
+func stringID(s, charset string) (string, bool) {
+	switch charset {
+	case "", "utf8mb4", "utf8mb3", "utf8", "ascii":
+		return s, utf8.ValidString(s)
+	case "latin1":
+		return latin1ToUTF8(s), true
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return "", false
+		}
+	}
+	return s, true
+}
+
+// latin1High is MySQL's latin1 from 0x80 to 0x9f: Windows-1252, with the five bytes it leaves
+// undefined mapped to the C1 controls of the same value.
+var latin1High = [32]rune{
+	0x20ac, 0x0081, 0x201a, 0x0192, 0x201e, 0x2026, 0x2020, 0x2021, 0x02c6, 0x2030, 0x0160, 0x2039, 0x0152, 0x008d, 0x017d, 0x008f,
+	0x0090, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014, 0x02dc, 0x2122, 0x0161, 0x203a, 0x0153, 0x009d, 0x017e, 0x0178,
+}
+
+func latin1ToUTF8(s string) string {
+	var b strings.Builder
+	b.Grow(len(s) * 2)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c < 0x80:
+			b.WriteByte(c)
+		case c < 0xa0:
+			b.WriteRune(latin1High[c-0x80])
+		default:
+			b.WriteRune(rune(c))
+		}
+	}
+	return b.String()
+}
+
+// unreadable reports a row whose key could not be read, at most once a minute per entity.
+func (t *Tail) unreadable(tg Target, table string) {
+	t.m.unmapped.Inc()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lastUnreadable == nil {
+		t.lastUnreadable = map[string]time.Time{}
+	}
+	if time.Since(t.lastUnreadable[tg.Entity]) < time.Minute {
+		return
+	}
+	t.lastUnreadable[tg.Entity] = time.Now()
+	t.log.Error("a row of a tailed table has a key that cannot be read (the key column was renamed, "+
+		"changed type or character set, or binlog_row_image is not FULL): dropping the entity's whole cache; "+
+		"restart sidecache after changing a key column", "entity", tg.Entity, "table", table, "key", tg.KeyColumn)
+}
+
+// statementEntities returns the entities whose tables a statement names.
+func (t *Tail) statementEntities(defaultSchema, q string) []string {
+	tables, databases := statementRefs(q)
+	hit := map[string]bool{}
+	for _, db := range databases {
+		if t.fold(db) == t.fold(t.o.Schema) {
+			for e := range t.fingerprints {
+				hit[e] = true
+			}
+		}
+	}
+	for _, ref := range tables {
+		schema := ref.schema
+		if schema == "" {
+			schema = defaultSchema
+		}
+		if t.fold(schema) != t.fold(t.o.Schema) {
+			continue
+		}
+		for _, tg := range t.tables[t.fold(ref.table)] {
+			hit[tg.Entity] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(hit))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// flush hands the batch to invalidation: the filters of dropped entities are reset and the ids
+// inserted (or moved to) are added to their filters first, so that no delete exposes an id
+// the filter calls absent; then the first pass of every key and drop runs, and the batch's
+// checkpoint is queued behind its second pass.
+func (s *session) flush(ctx context.Context) error {
+	t := s.t
+	w := s.w
+	var cp *Checkpoint
+	if s.marked {
+		c := s.cp
+		c.Prepared = nil
+		if len(s.prepared) > 0 {
+			c.Prepared = make(map[string][]string, len(s.prepared))
+			for xid, x := range s.prepared {
+				c.Prepared[xid] = x.names()
+			}
+		}
+		cp = &c
+	}
+	at := s.first
+	s.w, s.marked, s.first = newWork(), false, time.Time{}
+
+	drops := slices.Sorted(maps.Keys(w.drops))
+	if t.o.Filters != nil {
+		for _, e := range drops {
+			if !t.bloom(e) {
+				continue
+			}
+			if err := retry(ctx, t.log, "bloom reset", e, func() error { return t.o.Filters.Reset(ctx, e) }); err != nil {
+				return nil // ctx ended; the checkpoint was not advanced past these
+			}
+			if t.o.OnReset != nil {
+				t.o.OnReset(e)
+			}
+		}
+		for e, ids := range w.adds {
+			if _, dropped := w.drops[e]; dropped {
+				continue
+			}
+			if err := retry(ctx, t.log, "bloom add", e, func() error { return t.o.Filters.Add(ctx, e, ids...) }); err != nil {
+				return nil
+			}
+		}
+	}
+	for _, e := range drops {
+		t.m.drops.WithLabelValues(e, w.drops[e]).Inc()
+	}
+	keys := make([]string, 0, len(w.keys))
+	for k := range w.keys {
+		keys = append(keys, k)
+	}
+	position := s.cp.String()
+	_, done, err := t.o.Invalidator.Submit(ctx, invalidation.Change{Keys: keys, Entities: drops, Position: position})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // ctx ended; the checkpoint was not advanced past these
+		}
+		return err
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	if len(keys) > 0 {
+		t.m.lag.Observe(time.Since(at).Seconds())
+	}
+	t.mu.Lock()
+	t.oldest = append(t.oldest, at)
+	t.mu.Unlock()
+	select {
+	case s.queue <- pending{cp: cp, done: done}:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func (t *Tail) bloom(entity string) bool {
+	for _, targets := range t.tables {
+		for _, tg := range targets {
+			if tg.Entity == entity {
+				return tg.Bloom
+			}
+		}
+	}
+	return false
+}
+
+// retry runs fn until it succeeds or ctx ends, warning now and then.
+func retry(ctx context.Context, log interface {
+	Warn(string, ...any)
+}, what, entity string, fn func() error) error {
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if attempt == 1 || attempt%20 == 0 {
+			log.Warn(what+" failed; retrying", "entity", entity, "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}

@@ -1,0 +1,123 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/readthrough"
+)
+
+// rebuilds rebuilds Bloom filters on the binlog tail's leader: when the tail reset one (DDL on
+// the table, an entity it did not cover before) and when one is found missing (never built, or
+// lost from Redis). A rebuild scans the table's ids; it does not warm the cache.
+type rebuilds struct {
+	s       *Sidecar
+	wake    chan struct{}
+	mu      sync.Mutex
+	pending map[string]bool
+	lastLog map[string]time.Time
+	results *prometheus.CounterVec
+}
+
+func newRebuilds(s *Sidecar, reg prometheus.Registerer) *rebuilds {
+	r := &rebuilds{s: s, wake: make(chan struct{}, 1), pending: map[string]bool{}, lastLog: map[string]time.Time{},
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_bloom_rebuilds_total",
+			Help: "Bloom filter rebuilds run by the binlog tail's leader, by result: done, superseded (reset or taken over meanwhile), error.",
+		}, []string{"entity", "result"})}
+	reg.MustRegister(r.results)
+	return r
+}
+
+// request asks for a rebuild of entity's filter; requests for one entity coalesce.
+func (r *rebuilds) request(entity string) {
+	r.mu.Lock()
+	r.pending[entity] = true
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run rebuilds what is requested and, every ten seconds while this process leads the binlog
+// tail, whatever filter it finds missing, until ctx ends.
+func (r *rebuilds) run(ctx context.Context) error {
+	if r.s.filters == nil {
+		return nil
+	}
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.wake:
+		case <-tick.C:
+			if r.s.tail.Leading() {
+				r.findMissing(ctx)
+			}
+		}
+		for {
+			entity, ok := r.next()
+			if !ok {
+				break
+			}
+			r.rebuild(ctx, entity)
+		}
+	}
+}
+
+func (r *rebuilds) next() (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for e := range r.pending {
+		delete(r.pending, e)
+		return e, true
+	}
+	return "", false
+}
+
+func (r *rebuilds) findMissing(ctx context.Context) {
+	for _, e := range r.s.cfg.Entities {
+		if !e.Bloom.Enabled {
+			continue
+		}
+		st, err := r.s.filters.State(ctx, e.Name)
+		if err == nil && st == bloom.Missing {
+			r.s.log.Warn("bloom: the filter is missing (never built, or lost from Redis): rebuilding it; until then every id passes", "entity", e.Name)
+			r.request(e.Name)
+		}
+	}
+}
+
+func (r *rebuilds) rebuild(ctx context.Context, entity string) {
+	start := time.Now()
+	st, err := r.s.reader.Preload(ctx, readthrough.PreloadOptions{Entity: entity, Scanner: r.s.source, FilterOnly: true})
+	switch {
+	case ctx.Err() != nil:
+		return
+	case errors.Is(err, bloom.ErrTakenOver), errors.Is(err, bloom.ErrBuildLost):
+		r.results.WithLabelValues(entity, "superseded").Inc()
+		r.s.log.Info("bloom: a filter rebuild was superseded (reset, or another rebuild began)", "entity", entity)
+	case err != nil:
+		r.results.WithLabelValues(entity, "error").Inc()
+		r.mu.Lock()
+		logIt := time.Since(r.lastLog[entity]) > time.Minute
+		if logIt {
+			r.lastLog[entity] = time.Now()
+		}
+		r.mu.Unlock()
+		if logIt {
+			r.s.log.Warn("bloom: rebuilding the filter failed; every id passes until a rebuild succeeds (retried every 10s)", "entity", entity, "err", err)
+		}
+	default:
+		r.results.WithLabelValues(entity, "done").Inc()
+		r.s.log.Info("bloom: filter rebuilt", "entity", entity, "ids", st.Rows, "took", time.Since(start).Round(time.Millisecond).String())
+	}
+}

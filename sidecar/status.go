@@ -1,0 +1,99 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/cdc"
+)
+
+// Status is what GET /status reports: the state of every part, without internal addresses.
+type Status struct {
+	Ready bool        `json:"ready"`
+	MySQL PartStatus  `json:"mysql"`
+	Redis PartStatus  `json:"redis"`
+	CDC   *cdc.View   `json:"cdc,omitempty"` // nil unless cdc.enabled
+	Bloom BloomStatus `json:"bloom,omitempty"`
+}
+
+// PartStatus says whether a server answers.
+type PartStatus struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// BloomStatus is each filtered entity's filter state: ready, missing or building.
+type BloomStatus map[string]string
+
+// Status reads the state of every part.
+func (s *Sidecar) Status(ctx context.Context) Status {
+	var st Status
+	if err := s.source.Ping(ctx); err != nil {
+		st.MySQL.Error = "unavailable"
+	} else {
+		st.MySQL.OK = true
+	}
+	if err := s.redis.Ping(ctx).Err(); err != nil {
+		st.Redis.Error = "unavailable"
+	} else {
+		st.Redis.OK = true
+	}
+	st.Ready = st.MySQL.OK && st.Redis.OK
+	if s.tail != nil {
+		v := s.tail.View()
+		st.CDC = &v
+	}
+	if s.filters != nil {
+		st.Bloom = BloomStatus{}
+		for _, e := range s.cfg.Entities {
+			if !e.Bloom.Enabled {
+				continue
+			}
+			state, err := s.filters.State(ctx, e.Name)
+			if err != nil {
+				st.Bloom[e.Name] = "unknown"
+				continue
+			}
+			st.Bloom[e.Name] = string(state)
+		}
+	}
+	return st
+}
+
+// checkEvictionPolicy warns, once Redis answers, when its maxmemory-policy may evict keys that
+// have no TTL: the binlog checkpoint and the Bloom filters. Their loss is detected and repaired
+// (a lost checkpoint is resumed from memory or replaced by dropping every entity's cache, a lost
+// filter answers "maybe" and is rebuilt), but at a cost a volatile-* policy avoids.
+func (s *Sidecar) checkEvictionPolicy(ctx context.Context) {
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		policy, err := s.redis.ConfigGet(cctx, "maxmemory-policy").Result()
+		cancel()
+		switch {
+		case err == nil:
+			if p := policy["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
+				s.log.Warn("Redis's maxmemory-policy evicts keys without a TTL: the binlog checkpoint and the Bloom filters "+
+					"may be evicted; sidecache detects and repairs their loss, but set a volatile-* policy "+
+					"(volatile-lru, volatile-lfu) or noeviction to avoid it", "maxmemory-policy", p)
+			}
+			return
+		case isRedisNotAllowed(err):
+			s.log.Info("cannot read Redis's maxmemory-policy (CONFIG is not allowed); sidecache needs one that keeps keys without a TTL, such as volatile-lru")
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+		}
+	}
+}
+
+// isRedisNotAllowed reports an answer from Redis (as opposed to a failure to reach it).
+func isRedisNotAllowed(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}
