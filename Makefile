@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LISTEN  ?= 127.0.0.1:8080
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test deps deps-bench bench-hit vet clean
+.PHONY: all build run test soak deps deps-bench bench-hit vet clean
 
 all: build
 
@@ -39,6 +39,13 @@ vet:
 
 test: deps vet
 	SIDECACHE_INTEGRATION=required $(GO) test -race -count=1 -p 1 -timeout 30m ./...
+
+# soak runs the randomized consistency test (every key type, inserts, updates, key moves, bulk
+# transactions, TRUNCATE and table swaps, with the CDC leader killed, Redis restarted empty and
+# 20% of deletes failing) for SOAK (default 10m). SIDECACHE_SEED=n replays a run's operations.
+SOAK ?= 10m
+soak: deps
+	SIDECACHE_INTEGRATION=required SIDECACHE_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run TestChaosConsistency -v ./cmd/sidecache
 
 # bench-hit compares the hit path with a bare net/http + go-redis handler in one run.
 bench-hit: deps-bench build

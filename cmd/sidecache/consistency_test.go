@@ -27,10 +27,24 @@ import (
 type sidecarProc struct {
 	addr string
 	cmd  *exec.Cmd
+	log  *procLog
+}
+
+// procLog collects a process's stderr lines.
+type procLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *procLog) snapshot() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
 }
 
 // startServe starts sidecache serve with cfg (a config document with %s for the listen
-// address) and waits until it serves.
+// address) and waits until it serves. The process's log is kept for the test to read, and
+// shown when it exits before it serves.
 func startServe(t *testing.T, cfgDoc string) *sidecarProc {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -44,27 +58,42 @@ func startServe(t *testing.T, cfgDoc string) *sidecarProc {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "serve", "--config", path)
-	stderr, _ := cmd.StderrPipe()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	lines := make(chan string, 10000)
+	log := &procLog{}
+	serving := make(chan struct{})
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
+		var once sync.Once
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			if testing.Verbose() && strings.Contains(sc.Text(), "level=WARN") || strings.Contains(sc.Text(), "level=ERROR") {
-				fmt.Fprintln(os.Stderr, addr, sc.Text())
+			line := sc.Text()
+			if testing.Verbose() && (strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR")) {
+				fmt.Fprintln(os.Stderr, addr, line)
 			}
-			select {
-			case lines <- sc.Text():
-			default:
+			log.mu.Lock()
+			log.lines = append(log.lines, line)
+			log.mu.Unlock()
+			if strings.Contains(line, "msg=serving") {
+				once.Do(func() { close(serving) })
 			}
 		}
-		close(lines)
 	}()
-	waitLog(t, lines, "msg=serving")
-	return &sidecarProc{addr: addr, cmd: cmd}
+	select {
+	case <-serving:
+	case <-exited:
+		t.Fatalf("sidecache exited before serving:\n%s", strings.Join(log.snapshot(), "\n"))
+	case <-time.After(30 * time.Second):
+		t.Fatalf("sidecache did not serve within 30s:\n%s", strings.Join(log.snapshot(), "\n"))
+	}
+	return &sidecarProc{addr: addr, cmd: cmd, log: log}
 }
 
 func (p *sidecarProc) isLeader() bool {
