@@ -13,6 +13,7 @@
 package cdc
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -22,6 +23,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -216,22 +218,51 @@ func (cp Checkpoint) covers(entity, fp string) bool {
 
 // LoadCheckpoint reads the saved checkpoint; ok is false when there is none.
 func (t *Tail) LoadCheckpoint(ctx context.Context) (cp Checkpoint, ok bool, err error) {
-	b, err := t.o.Redis.Get(ctx, t.checkpointKey()).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return Checkpoint{}, false, nil
-	}
-	if err != nil {
-		return Checkpoint{}, false, err
-	}
-	if err := json.Unmarshal(b, &cp); err != nil {
-		return Checkpoint{}, false, fmt.Errorf("cdc: checkpoint %s is not readable: %w", t.checkpointKey(), err)
-	}
-	return cp, true, nil
+	cp, raw, err := t.loadCheckpoint(ctx)
+	return cp, raw != nil, err
 }
 
-func (t *Tail) saveCheckpoint(ctx context.Context, cp Checkpoint) error {
+// loadCheckpoint reads the saved checkpoint and its bytes (nil when there is none).
+func (t *Tail) loadCheckpoint(ctx context.Context) (Checkpoint, []byte, error) {
+	b, err := t.o.Redis.Get(ctx, t.checkpointKey()).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return Checkpoint{}, nil, nil
+	}
+	if err != nil {
+		return Checkpoint{}, nil, err
+	}
+	var cp Checkpoint
+	if err := json.Unmarshal(b, &cp); err != nil {
+		return Checkpoint{}, nil, fmt.Errorf("cdc: checkpoint %s is not readable: %w", t.checkpointKey(), err)
+	}
+	return cp, b, nil
+}
+
+// saveScript: KEYS checkpoint; ARGV the value this leader last saw there (” for none), the new
+// value → 1 saved, 0 the stored value is another.
+const saveScript = `
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1`
+
+// errCheckpointChanged: the checkpoint in Redis is not the one this leader saved last.
+var errCheckpointChanged = errors.New("the checkpoint in Redis is not the one this leader saved last")
+
+// saveCheckpoint replaces the checkpoint, but only if Redis still holds the one this leader saw
+// last (expect, nil for none). Anything else means Redis lost or rolled back data (a restart, a
+// failover, a restore from a snapshot, eviction) or another leader wrote: then the stored one is
+// left alone, since replaying from it invalidates everything Redis may have lost.
+func (t *Tail) saveCheckpoint(ctx context.Context, cp Checkpoint, expect []byte) ([]byte, error) {
 	b, _ := json.Marshal(cp)
-	return t.o.Redis.Set(ctx, t.checkpointKey(), b, 0).Err()
+	n, err := t.o.Redis.Eval(ctx, saveScript, []string{t.checkpointKey()}, expect, b).Int64()
+	switch {
+	case err != nil:
+		return expect, err
+	case n != 1:
+		return expect, errCheckpointChanged
+	}
+	return b, nil
 }
 
 // Run tails while this process holds the leader lease and stands by otherwise, until ctx ends.
@@ -274,7 +305,7 @@ func (t *Tail) Run(ctx context.Context) error {
 			return nil
 		}
 		switch {
-		case errors.Is(err, errRedisChanged), errors.Is(err, errLeaseLost):
+		case errors.Is(err, errRedisChanged), errors.Is(err, errLeaseLost), errors.Is(err, errCheckpointChanged):
 			t.log.Warn("stopped leading", "err", err)
 			t.setState(StateStandby, "", "")
 			backoff = time.Second
@@ -332,12 +363,12 @@ func (t *Tail) lead(ctx context.Context, leases *singleflight.Leases, lease *sin
 		defer wg.Done()
 		t.monitor(lctx, cancel)
 	}()
-	err := t.tail(lctx)
+	err := t.tail(lctx, cancel)
 	cancel(nil)
 	wg.Wait()
 	keeper.Stop()
 	leases.Release([]*singleflight.Lease{lease})
-	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) || errors.Is(cause, errRedisChanged) {
+	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) || errors.Is(cause, errRedisChanged) || errors.Is(cause, errCheckpointChanged) {
 		return cause
 	}
 	return err
@@ -358,10 +389,11 @@ func sleep(ctx context.Context, d time.Duration) {
 //   - entities the checkpoint does not cover (added to the config, or covered by a leader with
 //     another config) are dropped before the checkpoint covers them.
 func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*replication.BinlogStreamer, *session, error) {
-	stored, ok, err := t.LoadCheckpoint(ctx)
+	stored, raw, err := t.loadCheckpoint(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	ok := raw != nil
 	t.mu.Lock()
 	reset := t.forceReset
 	remembered, haveMemory := t.replayPoint()
@@ -414,6 +446,7 @@ func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*re
 	t.mu.Unlock()
 
 	s := newSession(t, cp)
+	s.stored = raw
 	for _, e := range t.entities() {
 		if !cp.covers(e, t.fingerprints[e]) {
 			t.log.Info("the checkpoint does not cover this entity: dropping its cache before covering it", "entity", e)
@@ -421,7 +454,8 @@ func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*re
 		}
 	}
 	if cp.Entities == nil {
-		s.cp.XAComplete = true // earlier versions flushed XA transactions at their prepare
+		// Written by an earlier version, which kept no list of prepared XA transactions.
+		s.cp.XAComplete = false
 	}
 	s.cp.Entities = maps.Clone(t.fingerprints)
 	return stream, s, nil
@@ -462,10 +496,25 @@ func before(flavor string, a, b Checkpoint) bool {
 		}
 		return a.EventTime < b.EventTime
 	}
-	if a.File != b.File {
-		return a.File < b.File
+	if c := compareFiles(a.File, b.File); c != 0 {
+		return c < 0
 	}
 	return a.Pos < b.Pos
+}
+
+// compareFiles orders binlog file names by their number (binlog.999999 comes before
+// binlog.1000000), and by name where they have none.
+func compareFiles(a, b string) int {
+	ab, an, aok := strings.Cut(a, ".")
+	bb, bn, bok := strings.Cut(b, ".")
+	if aok && bok && ab == bb {
+		x, errX := strconv.ParseUint(an, 10, 64)
+		y, errY := strconv.ParseUint(bn, 10, 64)
+		if errX == nil && errY == nil {
+			return cmp.Compare(x, y)
+		}
+	}
+	return strings.Compare(a, b)
 }
 
 // resumePoint is where a checkpoint resumes: by GTID set when it has one (MariaDB, or MySQL
@@ -487,8 +536,9 @@ func resumePoint(flavor string, cp Checkpoint) (mysql.GTIDSet, mysql.Position, e
 	return nil, mysql.Position{Name: cp.File, Pos: cp.Pos}, nil
 }
 
-// tail streams the binlog until ctx ends or the stream fails.
-func (t *Tail) tail(ctx context.Context) error {
+// tail streams the binlog until ctx ends or the stream fails. stop ends the leadership with a
+// cause, for the saver.
+func (t *Tail) tail(ctx context.Context, stop context.CancelCauseFunc) error {
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: t.o.ServerID, Flavor: t.o.Flavor, Host: t.o.Host, Port: t.o.Port,
 		User: t.o.User, Password: t.o.Password, Logger: t.log.With("component", "binlog"),
@@ -516,7 +566,7 @@ func (t *Tail) tail(ctx context.Context) error {
 	// second delete is done.
 	queue := make(chan pending, 4096)
 	saverDone := make(chan error, 1)
-	go func() { saverDone <- t.saver(ctx, queue) }()
+	go func() { saverDone <- t.saver(ctx, queue, s.stored, stop) }()
 	defer func() {
 		close(queue)
 		<-saverDone

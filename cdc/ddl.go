@@ -93,16 +93,16 @@ type tableRef struct {
 	schema, table string
 }
 
-// statementRefs returns the tables a statement may change, and whether it names a whole
-// database (DROP DATABASE and the like), as (database names).
-func statementRefs(q string) (tables []tableRef, databases []string) {
+// statementRefs returns the tables a statement may change and the databases it names whole
+// (DROP DATABASE and the like), or reports it harmless: it leaves every row as it was.
+func statementRefs(q string) (tables []tableRef, databases []string, isHarmless bool) {
 	toks := tokenize(q)
 	if len(toks) == 0 || harmless(toks) {
-		return nil, nil
+		return nil, nil, true
 	}
 	// CREATE TABLE changes only the table it creates: LIKE t and AS SELECT ... FROM t read t.
 	if t, ok := createdTable(toks); ok {
-		return []tableRef{t}, nil
+		return []tableRef{t}, nil, false
 	}
 	for i := 0; i < len(toks); i++ {
 		tk := toks[i]
@@ -124,7 +124,7 @@ func statementRefs(q string) (tables []tableRef, databases []string) {
 		}
 		tables = append(tables, tableRef{table: tk.text})
 	}
-	return tables, databases
+	return tables, databases, false
 }
 
 // isKeyword reports the words that may sit between DATABASE and its name.

@@ -49,12 +49,12 @@ func TestStatementEntities(t *testing.T) {
 		{"app", "/*!40000 ALTER TABLE `items` DISABLE KEYS */", []string{"items"}}, // executable comments count
 	}
 	for _, tt := range tests {
-		if got := tl.statementEntities(tt.schema, tt.q); !slices.Equal(got, tt.want) {
+		if got, _ := tl.statementEntities(tt.schema, tt.q); !slices.Equal(got, tt.want) {
 			t.Errorf("%q in %q: %v, want %v", tt.q, tt.schema, got, tt.want)
 		}
 	}
 	tl.setTables(true) // lower_case_table_names=1
-	if got := tl.statementEntities("APP", "TRUNCATE USERS"); !slices.Equal(got, []string{"users"}) {
+	if got, _ := tl.statementEntities("APP", "TRUNCATE USERS"); !slices.Equal(got, []string{"users"}) {
 		t.Errorf("with lower_case_table_names=1: %v, want [users]", got)
 	}
 }

@@ -280,3 +280,31 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return sum
 }
+
+// TestCheckpointRolledBack: Redis comes back from a snapshot taken a while ago, with the
+// checkpoint and the rows of that moment: a row deleted since is cached again. The leader must
+// not save its newer checkpoint over the restored one; it resumes from the restored one and
+// deletes the row again.
+func TestCheckpointRolledBack(t *testing.T) {
+	g := newRig(t)
+	tl := g.tail(time.Second)
+	g.run(tl)
+	g.waitCheckpoint(tl)
+	g.waitCaughtUp(tl)
+	ctx := context.Background()
+	snapshot, err := g.rc.Get(ctx, g.prefix+"{cdc:"+g.db+"}:checkpoint").Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.cache(4)
+	g.exec("UPDATE items SET name = 'after the snapshot' WHERE id = 4")
+	g.waitGone(4)
+	g.waitCaughtUp(tl)
+
+	// The restore: the snapshot's checkpoint, and the row as it was cached then.
+	g.rc.Set(ctx, g.prefix+"{cdc:"+g.db+"}:checkpoint", snapshot, 0)
+	g.cache(4)
+	g.exec("UPDATE items SET name = 'later' WHERE id = 5") // the leader's next save
+	g.waitGone(4)
+	g.waitCaughtUp(tl)
+}

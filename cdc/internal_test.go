@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -120,5 +121,41 @@ func TestKeyIndex(t *testing.T) {
 	renamed := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("uid")}}
 	if got := keyIndex(renamed, tg); got != -1 {
 		t.Errorf("key column gone: %d, want -1 (reported, not guessed)", got)
+	}
+}
+
+func TestCompareFiles(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"binlog.000009", "binlog.000010", -1},
+		{"binlog.999999", "binlog.1000000", -1},
+		{"binlog.000010", "binlog.000010", 0},
+		{"mysql-bin.000002", "mysql-bin.000001", 1},
+	}
+	for _, tt := range tests {
+		if got := compareFiles(tt.a, tt.b); got != tt.want {
+			t.Errorf("compareFiles(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestIsBinlogGone(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{&mysql.MyError{Code: 1236, Message: "Could not find GTID state requested by slave in any binlog files. Probably the slave state is too old and required binlog files have been purged."}, true},
+		{&mysql.MyError{Code: 1236, Message: "Cannot replicate because the master purged required binary logs."}, true},
+		{&mysql.MyError{Code: 1236, Message: "Could not find first log file name in binary log index file"}, true},
+		{&mysql.MyError{Code: 1236, Message: "A slave with the same server_uuid/server_id as this slave has connected to the master"}, false},
+		{&mysql.MyError{Code: 1236, Message: "log event entry exceeded max_allowed_packet"}, false},
+		{&mysql.MyError{Code: 1045, Message: "Access denied"}, false},
+	}
+	for _, tt := range tests {
+		if got := isBinlogGone(fmt.Errorf("cdc: binlog stream: %w", tt.err)); got != tt.want {
+			t.Errorf("isBinlogGone(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }

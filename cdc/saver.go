@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -13,15 +14,26 @@ type pending struct {
 }
 
 // saver writes the checkpoint of each batch once its second delete (and every earlier batch's)
-// is done, in binlog order, at most every 100ms, and once more on the way out.
-func (t *Tail) saver(ctx context.Context, queue <-chan pending) error {
+// is done, in binlog order, at most every 100ms, and once more on the way out. Each save
+// replaces only the checkpoint it saved before (stored, at first); finding another, it stops the
+// leadership with errCheckpointChanged and saves nothing more.
+func (t *Tail) saver(ctx context.Context, queue <-chan pending, stored []byte, stop context.CancelCauseFunc) error {
 	var latest *Checkpoint
 	var savedAt time.Time
+	changed := false
 	save := func(sctx context.Context) {
-		if latest == nil {
+		if latest == nil || changed {
 			return
 		}
-		if err := t.saveCheckpoint(sctx, *latest); err != nil {
+		var err error
+		if stored, err = t.saveCheckpoint(sctx, *latest, stored); err != nil {
+			if errors.Is(err, errCheckpointChanged) {
+				changed = true
+				t.log.Warn("the checkpoint in Redis is not the one this leader saved last: Redis lost or rolled back data " +
+					"(a restart, a failover, a restore, eviction); resuming from before")
+				stop(errCheckpointChanged)
+				return
+			}
 			t.log.Warn("saving the checkpoint failed", "err", err)
 			return
 		}

@@ -79,9 +79,10 @@ func (x *xaChanges) names() []string { return slices.Sorted(maps.Keys(x.entities
 // session is one tailing session: the position, the open transaction and the work not yet
 // flushed.
 type session struct {
-	t     *Tail
-	queue chan<- pending
-	cp    Checkpoint // as of the last commit point processed
+	t      *Tail
+	queue  chan<- pending
+	cp     Checkpoint // as of the last commit point processed
+	stored []byte     // the checkpoint in Redis when the session began, nil for none
 
 	inTxn    bool
 	xa       *xaChanges // the open transaction is an XA transaction: its changes wait for XA COMMIT
@@ -89,13 +90,14 @@ type session struct {
 	prepared map[string]*xaChanges
 	lastGSet string // the newest GTID set an event carried
 
-	w      work
-	marked bool      // a commit point was processed since the last flush
-	first  time.Time // binlog time of the oldest change in w
+	w       work
+	marked  bool            // a commit point was processed since the last flush
+	first   time.Time       // binlog time of the oldest change in w
+	dropped map[string]bool // entities dropped since the open transaction began: once is enough
 }
 
 func newSession(t *Tail, cp Checkpoint) *session {
-	s := &session{t: t, cp: cp, w: newWork(), prepared: map[string]*xaChanges{}}
+	s := &session{t: t, cp: cp, w: newWork(), prepared: map[string]*xaChanges{}, dropped: map[string]bool{}}
 	s.cp.Flavor = t.o.Flavor
 	for xid, entities := range cp.Prepared {
 		x := &xaChanges{w: newWork(), entities: map[string]bool{}}
@@ -109,7 +111,23 @@ func newSession(t *Tail, cp Checkpoint) *session {
 }
 
 func (s *session) dirty() bool { return s.marked || !s.w.empty() }
-func (s *session) full() bool  { return s.w.n >= flushAt || len(s.w.drops) > 0 }
+
+// full reports a batch to flush now: a thousand keys, or a drop once its transaction ended (a
+// drop scans every key in Redis, so a transaction's drops of one entity run once).
+func (s *session) full() bool { return s.w.n >= flushAt || len(s.w.drops) > 0 && !s.inTxn }
+
+// drop drops an entity's cache, once per transaction: a drop runs after the transaction was
+// committed, so it also covers the transaction's later rows.
+func (s *session) drop(entity, reason string) {
+	if s.dropped[entity] {
+		return
+	}
+	s.dropped[entity] = true
+	s.work().drop(entity, reason)
+	if s.xa != nil {
+		s.xa.entities[entity] = true
+	}
+}
 
 // work returns where the open transaction's changes go.
 func (s *session) work() *work {
@@ -121,7 +139,7 @@ func (s *session) work() *work {
 
 // event processes one binlog event.
 func (s *session) event(ev *replication.BinlogEvent) {
-	if s.first.IsZero() {
+	if s.first.IsZero() && ev.Header.Timestamp != 0 { // heartbeats and fake rotations have none
 		s.first = time.Unix(int64(ev.Header.Timestamp), 0)
 	}
 	switch e := ev.Event.(type) {
@@ -130,10 +148,13 @@ func (s *session) event(ev *replication.BinlogEvent) {
 	case *replication.MariadbGTIDEvent:
 		// MariaDB opens a transaction with its GTID event (no BEGIN); a standalone one (DDL,
 		// XA COMMIT) has no terminating COMMIT.
+		s.begin()
 		s.inTxn = !e.IsStandalone()
 		if s.inTxn && e.Flags&mariadbPreparedXA != 0 {
 			s.xa = &xaChanges{w: newWork(), entities: map[string]bool{}}
 		}
+	case *replication.GTIDEvent:
+		s.begin() // MySQL: a new group; BEGIN or XA START opens its transaction
 	case *replication.RowsEvent:
 		s.rows(ev.Header.EventType, e)
 	case *replication.XIDEvent:
@@ -141,17 +162,34 @@ func (s *session) event(ev *replication.BinlogEvent) {
 			s.lastGSet = e.GSet.String()
 		}
 		s.endXA(true)
+		s.inTxn = false
 		s.commit(ev)
 	case *replication.QueryEvent:
 		if e.GSet != nil {
 			s.lastGSet = e.GSet.String()
 		}
 		s.query(ev, e)
+	case *replication.TransactionPayloadEvent:
+		// A transaction compressed by a session (MySQL 8): go-mysql has decoded its events.
+		for _, inner := range e.Events {
+			s.event(inner)
+		}
+	case *replication.ExecuteLoadQueryEvent:
+		// LOAD DATA logged as a statement: the event does not say which table it loaded.
+		s.t.log.Info("a LOAD DATA logged as a statement: dropping every entity's cache")
+		for _, en := range s.t.entities() {
+			s.drop(en, "statement")
+		}
 	case *replication.GenericEvent:
 		if ev.Header.EventType == replication.XA_PREPARE_LOG_EVENT {
 			s.prepare(ev, e.Data)
 		}
 	}
+}
+
+// begin starts a new event group: nothing of an earlier one is open any more.
+func (s *session) begin() {
+	s.inTxn, s.xa, s.xaID = false, nil, ""
 }
 
 // query handles a statement: transaction control, XA, or a statement that changed rows
@@ -170,16 +208,17 @@ func (s *session) query(ev *replication.BinlogEvent, e *replication.QueryEvent) 
 	case strings.HasPrefix(upper, "XA END"):
 		s.xaID = xidFromQuery(q)
 		return
-	case strings.HasPrefix(upper, "XA COMMIT") && s.inTxn:
-		// XA COMMIT ... ONE PHASE ends the transaction it is part of.
-		s.endXA(true)
 	case strings.HasPrefix(upper, "XA COMMIT"):
-		s.commitPrepared(xidFromQuery(q))
+		if xid := xidFromQuery(q); s.ownXA(xid) {
+			s.endXA(true) // XA COMMIT ... ONE PHASE of the transaction this group holds
+		} else {
+			s.commitPrepared(xid)
+		}
 	case strings.HasPrefix(upper, "XA ROLLBACK"):
-		if s.inTxn {
+		if xid := xidFromQuery(q); s.ownXA(xid) {
 			s.endXA(false)
 		} else {
-			delete(s.prepared, xidFromQuery(q))
+			delete(s.prepared, xid)
 		}
 	case upper == "COMMIT":
 		s.endXA(true)
@@ -190,18 +229,19 @@ func (s *session) query(ev *replication.BinlogEvent, e *replication.QueryEvent) 
 	case strings.HasPrefix(upper, "SAVEPOINT") || strings.HasPrefix(upper, "ROLLBACK TO") || strings.HasPrefix(upper, "RELEASE"):
 		return
 	default:
-		entities := s.t.statementEntities(string(e.Schema), q)
+		entities, harmless := s.t.statementEntities(string(e.Schema), q)
+		if s.inTxn && !harmless && len(entities) == 0 {
+			// A write logged as a statement inside a transaction that names no tailed table
+			// may still change one, through a trigger, a view or a function.
+			entities = s.t.entities()
+		}
 		if len(entities) > 0 {
 			s.t.m.events.WithLabelValues("statement").Inc()
 			s.t.log.Info("a statement changed tables without row events: dropping the entities' caches",
 				"entities", entities, "statement", truncate(q, 200))
 		}
-		w := s.work()
 		for _, en := range entities {
-			w.drop(en, "statement")
-			if s.xa != nil {
-				s.xa.entities[en] = true
-			}
+			s.drop(en, "statement")
 		}
 		if s.inTxn {
 			return // a statement inside a transaction; its commit comes later
@@ -209,6 +249,11 @@ func (s *session) query(ev *replication.BinlogEvent, e *replication.QueryEvent) 
 	}
 	s.inTxn = false
 	s.commit(ev)
+}
+
+// ownXA reports whether xid names the XA transaction this event group holds open.
+func (s *session) ownXA(xid string) bool {
+	return s.xa != nil && s.inTxn && (s.xaID == "" || s.xaID == xid)
 }
 
 // endXA ends the open transaction: a committed XA transaction's changes join the batch, a
@@ -220,13 +265,16 @@ func (s *session) endXA(committed bool) {
 	s.xa, s.xaID = nil, ""
 }
 
-// prepare ends the prepared part of an XA transaction: its changes wait for XA COMMIT.
+// prepare ends the prepared part of an XA transaction: its changes wait for XA COMMIT. MySQL
+// logs XA COMMIT ... ONE PHASE as a prepare event with its one-phase flag set: a commit.
 func (s *session) prepare(ev *replication.BinlogEvent, data []byte) {
 	xid := s.xaID
 	if xid == "" {
 		xid = xidFromPrepare(data)
 	}
-	if s.xa != nil && xid != "" {
+	if len(data) > 0 && data[0] == 1 {
+		s.endXA(true)
+	} else if s.xa != nil && xid != "" {
 		s.prepared[xid] = s.xa
 	} else if s.xa != nil {
 		// An XA transaction this tail cannot name: invalidate it now and again at every XA
@@ -249,7 +297,7 @@ func (s *session) commitPrepared(xid string) {
 	if !s.cp.XAComplete {
 		s.t.log.Warn("XA COMMIT of a transaction prepared before this tail's start: its changes are unknown, so every entity's cache is dropped", "xid", xid)
 		for _, e := range s.t.entities() {
-			s.w.drop(e, "xa")
+			s.drop(e, "xa")
 		}
 	}
 }
@@ -263,6 +311,7 @@ func (s *session) commit(ev *replication.BinlogEvent) {
 	}
 	s.cp.EventTime = int64(ev.Header.Timestamp)
 	s.marked = true
+	clear(s.dropped)
 	s.t.setProcessed(s.cp)
 }
 
@@ -298,7 +347,7 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 		if s.xa != nil {
 			s.xa.entities[tg.Entity] = true
 		}
-		if _, dropping := w.drops[tg.Entity]; dropping {
+		if _, dropping := w.drops[tg.Entity]; dropping || s.dropped[tg.Entity] {
 			continue // the whole cache goes anyway
 		}
 		idx := keyIndex(e.Table, tg)
@@ -318,7 +367,7 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 			}
 			if !ok {
 				t.unreadable(tg, string(e.Table.Table))
-				w.drop(tg.Entity, "unreadable_key")
+				s.drop(tg.Entity, "unreadable_key")
 				break
 			}
 			w.key(singleflight.CacheKey(t.o.Prefix, tg.Entity, ids[0]))
@@ -339,7 +388,7 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 		if s.xa != nil && len(s.xa.w.keys) > xaMaxKeys {
 			// Too many to hold until the commit: drop the entities whole at the commit instead.
 			for en := range s.xa.entities {
-				s.xa.w.drop(en, "xa")
+				s.drop(en, "xa")
 			}
 			s.xa.w.keys, s.xa.w.adds = map[string]struct{}{}, map[string][]string{}
 		}
@@ -484,9 +533,10 @@ func (t *Tail) unreadable(tg Target, table string) {
 		"restart sidecache after changing a key column", "entity", tg.Entity, "table", table, "key", tg.KeyColumn)
 }
 
-// statementEntities returns the entities whose tables a statement names.
-func (t *Tail) statementEntities(defaultSchema, q string) []string {
-	tables, databases := statementRefs(q)
+// statementEntities returns the entities whose tables a statement names, and whether the
+// statement is one that leaves every row as it was.
+func (t *Tail) statementEntities(defaultSchema, q string) (entities []string, harmless bool) {
+	tables, databases, harmless := statementRefs(q)
 	hit := map[string]bool{}
 	for _, db := range databases {
 		if t.fold(db) == t.fold(t.o.Schema) {
@@ -507,7 +557,7 @@ func (t *Tail) statementEntities(defaultSchema, q string) []string {
 			hit[tg.Entity] = true
 		}
 	}
-	return slices.Sorted(maps.Keys(hit))
+	return slices.Sorted(maps.Keys(hit)), harmless
 }
 
 func truncate(s string, n int) string {

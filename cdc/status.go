@@ -113,6 +113,8 @@ func explain(err error) (summary, remedy string) {
 	case errors.As(err, &my) && (my.Code == 1045 || my.Code == 1227 || my.Code == 1044 || my.Code == 1142):
 		return fmt.Sprintf("MySQL refused the binlog user (error %d)", my.Code),
 			"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the cdc.dsn user"
+	case errors.As(err, &my) && my.Code == 1236 && strings.Contains(strings.ToLower(my.Message), "same server"):
+		return "another replica uses the same server id (MySQL error 1236)", "give cdc.server_id a value no other replica of the server uses"
 	case errors.As(err, &my):
 		return fmt.Sprintf("MySQL error %d while tailing", my.Code), "see the sidecar's log for the server's message"
 	case strings.Contains(err.Error(), "Redis"), strings.Contains(err.Error(), "redis"):
@@ -123,11 +125,17 @@ func explain(err error) (summary, remedy string) {
 	return "the binlog tail failed", "see the sidecar's log"
 }
 
-// isBinlogGone reports the server's answer to a resume from a position it no longer has
-// (ER_MASTER_FATAL_ERROR_READING_BINLOG: purged binlog files or GTIDs).
+// isBinlogGone reports the server's answer to a resume from a position it no longer has:
+// ER_MASTER_FATAL_ERROR_READING_BINLOG, whose message names purged files or GTIDs (the same
+// code also reports a duplicate server id or an oversized event, which a reset would not cure).
 func isBinlogGone(err error) bool {
 	var my *mysql.MyError
-	return errors.As(err, &my) && my.Code == 1236
+	if !errors.As(err, &my) || my.Code != 1236 {
+		return false
+	}
+	msg := strings.ToLower(my.Message)
+	return strings.Contains(msg, "purged") || strings.Contains(msg, "could not find first log file") ||
+		strings.Contains(msg, "could not find gtid state") || strings.Contains(msg, "not in the master's binlog")
 }
 
 // publish writes a status to Redis for the other sidecars (best effort: it expires when the
@@ -154,8 +162,18 @@ func (t *Tail) monitor(ctx context.Context, stop context.CancelCauseFunc) {
 			case identity == "":
 				identity = id
 			case id != identity:
-				t.log.Warn("Redis restarted or failed over: what it held lately may be lost; resuming from before it",
-					"replay", replayWindow.String())
+				if _, cluster := t.o.Redis.(*redis.ClusterClient); cluster {
+					// The checkpoint lives on one master and the rows on all: a master restored
+					// from a snapshot, or a failover, may have lost deletes that no checkpoint
+					// can tell.
+					t.log.Warn("a Redis Cluster master restarted or failed over: what it lost cannot be told, " +
+						"so every entity's cache is dropped and the tail starts at the current position")
+					t.mu.Lock()
+					t.forceReset = true
+					t.mu.Unlock()
+				} else {
+					t.log.Warn("Redis restarted or failed over: what it held lately may be lost; resuming from before it")
+				}
 				stop(errRedisChanged)
 				return
 			}
@@ -216,8 +234,8 @@ func reached(flavor string, p, head Checkpoint) bool {
 	if head.File == "" {
 		return false
 	}
-	if p.File != head.File {
-		return p.File > head.File
+	if c := compareFiles(p.File, head.File); c != 0 {
+		return c > 0
 	}
 	return p.Pos >= head.Pos
 }

@@ -28,7 +28,7 @@ type Deleter interface {
 // binlog no longer says which rows changed (singleflight.Leases.DropEntity).
 type Dropper interface {
 	// DropEntity deletes every value and lease of entity under prefix and returns the keys
-	// whose delete failed. An error with no failed keys means the pass did not complete.
+	// whose delete failed. An error means the pass did not complete and must run again.
 	DropEntity(ctx context.Context, prefix, entity string) (failed []string, err error)
 }
 
@@ -211,10 +211,12 @@ func (inv *Invalidator) drop(ctx context.Context, entities []string) (failed []s
 	for _, e := range entities {
 		backoff := inv.retryMin
 		for attempt := 1; ; attempt++ {
+			// Keys whose delete failed are retried on their own; a scan that did not complete
+			// runs again whole, since only a complete one finds every key.
 			f, err := inv.dropper.DropEntity(ctx, inv.prefix, e)
-			if err == nil || len(f) > 0 {
+			failed = append(failed, f...)
+			if err == nil {
 				inv.m.drops.Inc()
-				failed = append(failed, f...)
 				break
 			}
 			inv.m.failures.Inc()

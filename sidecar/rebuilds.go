@@ -58,6 +58,13 @@ func (r *rebuilds) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.wake:
+			// Resets come in bursts (a table swap is several statements): wait for the burst to
+			// end, so that one rebuild serves it.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
 		case <-tick.C:
 			if r.s.tail.Leading() {
 				r.findMissing(ctx)

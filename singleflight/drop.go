@@ -34,8 +34,8 @@ func globEscape(s string) string {
 
 // DropEntity deletes every cached value of entity and every lease on one, scanning each Redis
 // master (SCAN MATCH prefix{entity:*, deleting each batch with UNLINK as it goes). It returns
-// the keys whose delete failed; an error with no keys means a scan did not complete and the
-// whole pass must run again.
+// the keys whose delete failed, and an error when a scan did not complete: then the whole pass
+// must run again, since only a complete scan is sure to find every key.
 //
 // A loader that read a row before the change and holds its lease cannot fill afterwards: a
 // lease present for the whole scan is found and deleted; one that went away during the scan
