@@ -321,7 +321,7 @@ func (e *hkEnv) prime(checks []hkCheck) {
 
 // waitSecondDeletes waits until the sidecar has no second delete pending
 // (sidecache_second_deletes_pending), so that no delayed delete of an earlier change can still
-// remove what is cached now. Without that metric it returns at once.
+// remove what is cached now.
 func (e *hkEnv) waitSecondDeletes() {
 	e.t.Helper()
 	re := regexp.MustCompile(`(?m)^sidecache_second_deletes_pending (\S+)$`)
@@ -335,8 +335,7 @@ func (e *hkEnv) waitSecondDeletes() {
 		res.Body.Close()
 		m := re.FindSubmatch(b)
 		if m == nil {
-			e.t.Log("no sidecache_second_deletes_pending metric: not waiting for second deletes")
-			return
+			e.t.Fatal("no sidecache_second_deletes_pending metric: cannot tell when the second deletes are done")
 		}
 		if string(m[1]) == "0" {
 			return
