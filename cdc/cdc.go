@@ -374,6 +374,23 @@ func (t *Tail) lead(ctx context.Context, leases *singleflight.Leases, lease *sin
 	return err
 }
 
+// demoted logs go-mysql's records one level lower. The errors that matter reach the tail as
+// returned errors, which it reports with their remedy; go-mysql's own would say the same again,
+// or report as errors what is routine (the KILL of its connection when the tail stops).
+type demoted struct{ slog.Handler }
+
+func (d demoted) Enabled(ctx context.Context, l slog.Level) bool {
+	return d.Handler.Enabled(ctx, l-4)
+}
+
+func (d demoted) Handle(ctx context.Context, r slog.Record) error {
+	r.Level -= 4 // ERROR → WARN → INFO → DEBUG
+	return d.Handler.Handle(ctx, r)
+}
+
+func (d demoted) WithAttrs(as []slog.Attr) slog.Handler { return demoted{d.Handler.WithAttrs(as)} }
+func (d demoted) WithGroup(name string) slog.Handler    { return demoted{d.Handler.WithGroup(name)} }
+
 func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
@@ -541,7 +558,8 @@ func resumePoint(flavor string, cp Checkpoint) (mysql.GTIDSet, mysql.Position, e
 func (t *Tail) tail(ctx context.Context, stop context.CancelCauseFunc) error {
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: t.o.ServerID, Flavor: t.o.Flavor, Host: t.o.Host, Port: t.o.Port,
-		User: t.o.User, Password: t.o.Password, Logger: t.log.With("component", "binlog"),
+		User: t.o.User, Password: t.o.Password,
+		Logger:          slog.New(demoted{t.log.Handler()}).With("component", "binlog"),
 		HeartbeatPeriod: time.Second, ReadTimeout: 5 * time.Second,
 		// A dropped connection ends the stream and the tail resumes from its own checkpoint;
 		// go-mysql's own retry would resume mid-transaction by file and position.
