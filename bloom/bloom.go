@@ -124,7 +124,8 @@ func (f *Filters) current(ctx context.Context, entity string, reload bool) (meta
 	return f.load(ctx, entity)
 }
 
-// newVersion returns a version no other state of any filter has had.
+// newVersion returns a random token: a version no other state of any filter has had, or a
+// rebuild's owner token.
 func newVersion() string {
 	var b [12]byte
 	rand.Read(b[:])
@@ -348,9 +349,7 @@ var ErrBuildLost = errors.New("bloom: the rebuild's bitmap was lost from Redis")
 // Begin starts a rebuild sized by params. From now on Add writes to the new bitmap too, so
 // ids added during the scan are not lost. A later Begin takes over from an unfinished one.
 func (f *Filters) Begin(ctx context.Context, entity string, params Params) (*Build, error) {
-	var tok [16]byte
-	rand.Read(tok[:])
-	b := &Build{f: f, entity: entity, params: params, token: hex.EncodeToString(tok[:])}
+	b := &Build{f: f, entity: entity, params: params, token: newVersion()}
 	slot, err := f.rdb.Eval(ctx, beginScript, f.allKeys(entity), params.M, params.K, b.token, newVersion(), time.Now().UnixMilli()).Text()
 	if err != nil {
 		return nil, err

@@ -102,6 +102,7 @@ type Tail struct {
 
 	tables       map[string][]Target // by normalized table name
 	fingerprints map[string]string   // entity → what its coverage depends on
+	filtered     map[string]bool     // entities with a Bloom filter
 
 	leading   atomic.Bool
 	processed atomic.Pointer[Checkpoint]      // the last commit point the leader's session processed
@@ -156,10 +157,12 @@ func (t *Tail) setTables(lower bool) {
 	t.lowerCaseNames = lower
 	t.tables = map[string][]Target{}
 	t.fingerprints = map[string]string{}
+	t.filtered = map[string]bool{}
 	for table, targets := range t.o.Tables {
 		t.tables[t.fold(table)] = append(t.tables[t.fold(table)], targets...)
 		for _, tg := range targets {
 			t.fingerprints[tg.Entity] = "v2:" + strings.ToLower(table) + "." + strings.ToLower(tg.KeyColumn)
+			t.filtered[tg.Entity] = tg.Bloom
 		}
 	}
 }

@@ -592,10 +592,10 @@ func (s *session) flush(ctx context.Context) error {
 	drops := slices.Sorted(maps.Keys(w.drops))
 	if t.o.Filters != nil {
 		for _, e := range drops {
-			if !t.bloom(e) {
+			if !t.filtered[e] {
 				continue
 			}
-			if err := retry(ctx, t.log, "bloom reset", e, func() error { return t.o.Filters.Reset(ctx, e) }); err != nil {
+			if err := t.retry(ctx, "bloom reset", e, func() error { return t.o.Filters.Reset(ctx, e) }); err != nil {
 				return nil // ctx ended; the checkpoint was not advanced past these
 			}
 			if t.o.OnReset != nil {
@@ -606,7 +606,7 @@ func (s *session) flush(ctx context.Context) error {
 			if _, dropped := w.drops[e]; dropped {
 				continue
 			}
-			if err := retry(ctx, t.log, "bloom add", e, func() error { return t.o.Filters.Add(ctx, e, ids...) }); err != nil {
+			if err := t.retry(ctx, "bloom add", e, func() error { return t.o.Filters.Add(ctx, e, ids...) }); err != nil {
 				return nil
 			}
 		}
@@ -642,21 +642,8 @@ func (s *session) flush(ctx context.Context) error {
 	return nil
 }
 
-func (t *Tail) bloom(entity string) bool {
-	for _, targets := range t.tables {
-		for _, tg := range targets {
-			if tg.Entity == entity {
-				return tg.Bloom
-			}
-		}
-	}
-	return false
-}
-
 // retry runs fn until it succeeds or ctx ends, warning now and then.
-func retry(ctx context.Context, log interface {
-	Warn(string, ...any)
-}, what, entity string, fn func() error) error {
+func (t *Tail) retry(ctx context.Context, what, entity string, fn func() error) error {
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := fn()
@@ -664,7 +651,7 @@ func retry(ctx context.Context, log interface {
 			return nil
 		}
 		if attempt == 1 || attempt%20 == 0 {
-			log.Warn(what+" failed; retrying", "entity", entity, "attempt", attempt, "err", err)
+			t.log.Warn(what+" failed; retrying", "entity", entity, "attempt", attempt, "err", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -203,32 +203,25 @@ func (inv *Invalidator) pass(ctx context.Context, c Change, deleted prometheus.C
 }
 
 // drop runs one full drop of each entity, retrying a scan that did not complete, and returns
-// the keys whose delete failed.
+// the keys whose delete failed. Those are retried on their own; a scan that did not complete
+// runs again whole, since only a complete one finds every key.
 func (inv *Invalidator) drop(ctx context.Context, entities []string) (failed []string, err error) {
 	if inv.dropper == nil {
 		return nil, errors.New("invalidation: an entity drop needs a Dropper")
 	}
 	for _, e := range entities {
-		backoff := inv.retryMin
-		for attempt := 1; ; attempt++ {
-			// Keys whose delete failed are retried on their own; a scan that did not complete
-			// runs again whole, since only a complete one finds every key.
+		err := inv.retry(ctx, "dropping an entity's cached keys failed; retrying", func() ([]any, error) {
 			f, err := inv.dropper.DropEntity(ctx, inv.prefix, e)
 			failed = append(failed, f...)
-			if err == nil {
-				inv.m.drops.Inc()
-				break
+			if err != nil {
+				inv.m.failures.Inc()
+				return []any{"entity", e}, err
 			}
-			inv.m.failures.Inc()
-			if attempt == 1 || attempt%10 == 0 {
-				inv.log.Warn("dropping an entity's cached keys failed; retrying", "entity", e, "attempt", attempt, "err", err)
-			}
-			select {
-			case <-ctx.Done():
-				return nil, errors.Join(ctx.Err(), err)
-			case <-time.After(backoff/2 + rand.N(backoff)):
-			}
-			backoff = min(2*backoff, inv.retryMax)
+			inv.m.drops.Inc()
+			return nil, nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	return failed, nil
@@ -258,23 +251,39 @@ func (inv *Invalidator) deleteKeys(ctx context.Context, keys []string, position 
 // deleteRetrying deletes keys, backing off with jitter between failures and retrying only the
 // keys that failed, until all are deleted or ctx ends.
 func (inv *Invalidator) deleteRetrying(ctx context.Context, keys []string, deleted prometheus.Counter) error {
-	backoff := inv.retryMin
-	for attempt := 1; ; attempt++ {
+	return inv.retry(ctx, "cache delete failed; retrying", func() ([]any, error) {
 		failed, err := inv.del.Invalidate(ctx, keys...)
 		deleted.Add(float64(len(keys) - len(failed)))
 		if len(failed) == 0 {
-			return nil
+			return nil, nil
 		}
 		inv.m.failures.Add(float64(len(failed)))
-		if attempt == 1 || attempt%10 == 0 {
-			inv.log.Warn("cache delete failed; retrying", "keys", len(failed), "attempt", attempt, "err", err)
+		keys = failed
+		if err == nil {
+			err = errors.New("delete failed")
+		}
+		return []any{"keys", len(failed)}, err
+	})
+}
+
+// retry runs attempt until it returns no error or ctx ends, backing off with jitter from
+// RetryMin to RetryMax, and logs msg with the failed attempt's attributes on the first failure
+// and every tenth.
+func (inv *Invalidator) retry(ctx context.Context, msg string, attempt func() (attrs []any, err error)) error {
+	backoff := inv.retryMin
+	for n := 1; ; n++ {
+		attrs, err := attempt()
+		if err == nil {
+			return nil
+		}
+		if n == 1 || n%10 == 0 {
+			inv.log.Warn(msg, append(attrs, "attempt", n, "err", err)...)
 		}
 		select {
 		case <-ctx.Done():
 			return errors.Join(ctx.Err(), err)
 		case <-time.After(backoff/2 + rand.N(backoff)):
 		}
-		keys = failed
 		backoff = min(2*backoff, inv.retryMax)
 	}
 }

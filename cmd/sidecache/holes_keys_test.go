@@ -748,14 +748,21 @@ func TestMissingBloomBitmapReadsMaybe(t *testing.T) {
 	if n := e.rc.Del(ctx, e.bloomKey("items", cur)).Val(); n != 1 {
 		t.Fatalf("the bitmap %s was not there to delete", e.bloomKey("items", cur))
 	}
-	ids := make([]int64, 50)
-	var keys []string
+	ids := e.evictFirst("items", 50)
+	e.waitAll(hkIntChecks("uncached, its filter bitmap gone", "items", "row", ids...))
+}
+
+// evictFirst deletes the cached rows of ids 1 to n from Redis, as an eviction would, and returns
+// those ids.
+func (e *hkEnv) evictFirst(entity string, n int) []int64 {
+	ids := make([]int64, n)
+	keys := make([]string, n)
 	for i := range ids {
 		ids[i] = int64(i + 1)
-		keys = append(keys, fmt.Sprint(i+1))
+		keys[i] = fmt.Sprint(i + 1)
 	}
-	e.evict("items", keys...)
-	e.waitAll(hkIntChecks("uncached, its filter bitmap gone", "items", "row", ids...))
+	e.evict(entity, keys...)
+	return ids
 }
 
 // TestBloomFilterAfterFlushAll: Redis comes back empty and the filter is rebuilt with other
@@ -774,12 +781,6 @@ func TestBloomFilterAfterFlushAll(t *testing.T) {
 	}
 	big := hkWriteConfig(t, e.db, []hkEntity{{name: "items", table: "items", expectedItems: 1000000}})
 	e.preload("items", big)
-	ids := make([]int64, n)
-	var keys []string
-	for i := range ids {
-		ids[i] = int64(i + 1)
-		keys = append(keys, fmt.Sprint(i+1))
-	}
-	e.evict("items", keys...)
+	ids := e.evictFirst("items", n)
 	e.waitAll(hkIntChecks("uncached, after FLUSHALL and a rebuild with other sizes", "items", "row", ids...))
 }
