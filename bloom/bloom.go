@@ -16,8 +16,6 @@ package bloom
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -27,6 +25,8 @@ import (
 
 	bbloom "github.com/bits-and-blooms/bloom/v3"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/keys"
 )
 
 // MaxBits is the largest bitmap Redis can hold (a string of 512 MiB).
@@ -79,10 +79,8 @@ func New(rdb redis.UniversalClient, prefix string) *Filters {
 }
 
 // Keys share one hash tag per entity, so every script's keys are in one Redis Cluster slot.
-func (f *Filters) metaKey(entity string) string { return f.prefix + "{bloom:" + entity + "}:meta" }
-func (f *Filters) bitsKey(entity, slot string) string {
-	return f.prefix + "{bloom:" + entity + "}:" + slot
-}
+func (f *Filters) metaKey(entity string) string       { return keys.BloomMeta(f.prefix, entity) }
+func (f *Filters) bitsKey(entity, slot string) string { return keys.BloomBits(f.prefix, entity, slot) }
 
 // errStale means the cached meta is older than Redis's; reload and try again.
 var errStale = errors.New("bloom: filter changed")
@@ -122,14 +120,6 @@ func (f *Filters) current(ctx context.Context, entity string, reload bool) (meta
 		return m, nil
 	}
 	return f.load(ctx, entity)
-}
-
-// newVersion returns a random token: a version no other state of any filter has had, or a
-// rebuild's owner token.
-func newVersion() string {
-	var b [12]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // check: KEYS meta, bits; ARGV version, positions... → -1 stale, 1 maybe, 0 absent. A bitmap
@@ -349,8 +339,8 @@ var ErrBuildLost = errors.New("bloom: the rebuild's bitmap was lost from Redis")
 // Begin starts a rebuild sized by params. From now on Add writes to the new bitmap too, so
 // ids added during the scan are not lost. A later Begin takes over from an unfinished one.
 func (f *Filters) Begin(ctx context.Context, entity string, params Params) (*Build, error) {
-	b := &Build{f: f, entity: entity, params: params, token: newVersion()}
-	slot, err := f.rdb.Eval(ctx, beginScript, f.allKeys(entity), params.M, params.K, b.token, newVersion(), time.Now().UnixMilli()).Text()
+	b := &Build{f: f, entity: entity, params: params, token: keys.Token()}
+	slot, err := f.rdb.Eval(ctx, beginScript, f.allKeys(entity), params.M, params.K, b.token, keys.Token(), time.Now().UnixMilli()).Text()
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +384,7 @@ func buildResult(n int64, err error) error {
 
 // Commit makes the new bitmap the filter, atomically, and drops the old one.
 func (b *Build) Commit(ctx context.Context) error {
-	n, err := b.f.rdb.Eval(ctx, commitScript, b.f.allKeys(b.entity), b.token, newVersion()).Int64()
+	n, err := b.f.rdb.Eval(ctx, commitScript, b.f.allKeys(b.entity), b.token, keys.Token()).Int64()
 	if err := buildResult(n, err); err != nil {
 		return err
 	}
@@ -405,7 +395,7 @@ func (b *Build) Commit(ctx context.Context) error {
 // Abort drops the new bitmap and leaves the current filter as it was. It runs even when ctx
 // has ended (an interrupted preload aborts on its way out).
 func (b *Build) Abort(ctx context.Context) error {
-	err := b.f.rdb.Eval(context.WithoutCancel(ctx), abortScript, b.f.allKeys(b.entity), b.token, newVersion()).Err()
+	err := b.f.rdb.Eval(context.WithoutCancel(ctx), abortScript, b.f.allKeys(b.entity), b.token, keys.Token()).Err()
 	b.f.load(context.WithoutCancel(ctx), b.entity)
 	return err
 }

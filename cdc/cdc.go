@@ -35,8 +35,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/invalidation"
-	"github.com/sidecache/sidecache/singleflight"
+	"github.com/sidecache/sidecache/lease"
 )
 
 // Target is one entity served from a tailed table.
@@ -178,9 +179,9 @@ func (t *Tail) entities() []string {
 	return slices.Sorted(maps.Keys(t.fingerprints))
 }
 
-func (t *Tail) leaderKey() string     { return t.o.Prefix + "{cdc:" + t.o.Schema + "}:leader" }
-func (t *Tail) checkpointKey() string { return t.o.Prefix + "{cdc:" + t.o.Schema + "}:checkpoint" }
-func (t *Tail) statusKey() string     { return t.o.Prefix + "{cdc:" + t.o.Schema + "}:status" }
+func (t *Tail) leaderKey() string     { return keys.CDC(t.o.Prefix, t.o.Schema, "leader") }
+func (t *Tail) checkpointKey() string { return keys.CDC(t.o.Prefix, t.o.Schema, "checkpoint") }
+func (t *Tail) statusKey() string     { return keys.CDC(t.o.Prefix, t.o.Schema, "status") }
 
 // Checkpoint is where a tail resumes.
 type Checkpoint struct {
@@ -269,7 +270,7 @@ func (t *Tail) saveCheckpoint(ctx context.Context, cp Checkpoint, expect []byte)
 }
 
 // Run tails while this process holds the leader lease and stands by otherwise, until ctx ends.
-// The lease is a singleflight lease on the leader key: an owner token, renewed every ttl/3.
+// The lease is a lease.Lease on the leader key: an owner token, renewed every ttl/3.
 // Beside it, every process follows the checkpoint and the leader's status, for Covered and
 // Status.
 func (t *Tail) Run(ctx context.Context) error {
@@ -280,11 +281,11 @@ func (t *Tail) Run(ctx context.Context) error {
 	}()
 	defer func() { <-watchDone }()
 
-	leases := singleflight.NewLeases(t.o.Redis, t.o.LeaderTTL)
+	leases := lease.New(t.o.Redis, t.o.LeaderTTL)
 	backoff := time.Second
 	for ctx.Err() == nil {
-		lease, err := leases.Acquire(ctx, t.leaderKey())
-		if err != nil || lease == nil {
+		held, err := leases.Acquire(ctx, t.leaderKey())
+		if err != nil || held == nil {
 			t.m.leader.Set(0)
 			if err != nil && ctx.Err() == nil {
 				t.fail(ctx, fmt.Errorf("cdc: cannot reach Redis for the leader lease: %w", err), false)
@@ -298,7 +299,7 @@ func (t *Tail) Run(ctx context.Context) error {
 		t.leading.Store(true)
 		t.setState(StateStarting, "", "")
 		t.log.Info("leading: tailing the binlog")
-		err = t.lead(ctx, leases, lease)
+		err = t.lead(ctx, leases, held)
 		t.m.leader.Set(0)
 		t.leading.Store(false)
 		t.mu.Lock()
@@ -348,10 +349,10 @@ var errRedisChanged = errors.New("Redis restarted or failed over")
 // lead tails while the lease is kept. The first renewal that fails stops the tail: the lease
 // can only pass to another sidecar a whole period after the last renewal, so this one has
 // stopped before another starts.
-func (t *Tail) lead(ctx context.Context, leases *singleflight.Leases, lease *singleflight.Lease) error {
+func (t *Tail) lead(ctx context.Context, leases *lease.Leases, held *lease.Lease) error {
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	keeper := leases.Keep([]*singleflight.Lease{lease})
+	keeper := leases.Keep([]*lease.Lease{held})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -370,7 +371,7 @@ func (t *Tail) lead(ctx context.Context, leases *singleflight.Leases, lease *sin
 	cancel(nil)
 	wg.Wait()
 	keeper.Stop()
-	leases.Release([]*singleflight.Lease{lease})
+	leases.Release([]*lease.Lease{held})
 	if cause := context.Cause(lctx); errors.Is(cause, errLeaseLost) || errors.Is(cause, errRedisChanged) || errors.Is(cause, errCheckpointChanged) {
 		return cause
 	}

@@ -19,8 +19,8 @@ import (
 
 	"github.com/sidecache/sidecache/cdc"
 	"github.com/sidecache/sidecache/internal/devstack"
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/invalidation"
-	"github.com/sidecache/sidecache/singleflight"
 )
 
 var stack *devstack.Stack
@@ -58,8 +58,8 @@ func newRig(t *testing.T) *rig {
 	g.exec("CREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)")
 	g.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { g.rc.Close() })
-	leases := singleflight.NewLeases(g.rc, time.Second)
-	g.inv = invalidation.New(invalidation.Options{Deleter: leases, Dropper: leases, Prefix: g.prefix, Delay: 50 * time.Millisecond})
+	deleter := invalidation.NewRedis(g.rc)
+	g.inv = invalidation.New(invalidation.Options{Deleter: deleter, Dropper: deleter, Prefix: g.prefix, Delay: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { g.inv.Run(ctx); close(done) }()
@@ -128,7 +128,7 @@ func (g *rig) run(tl *cdc.Tail) (stop func()) {
 	return stop
 }
 
-func (g *rig) key(id int) string { return singleflight.CacheKey(g.prefix, "items", strconv.Itoa(id)) }
+func (g *rig) key(id int) string { return keys.Value(g.prefix, "items", strconv.Itoa(id)) }
 
 // cache puts a value at the keys of ids, as a fill would.
 func (g *rig) cache(ids ...int) {
@@ -310,7 +310,7 @@ func TestOneLeaderAndTakeover(t *testing.T) {
 	g.waitCheckpoint(a)
 	g.run(b)
 	leader := func() string {
-		return g.rc.Get(context.Background(), singleflight.LeaseKey(g.prefix+"{cdc:"+g.db+"}:leader")).Val()
+		return g.rc.Get(context.Background(), keys.Lease(keys.CDC(g.prefix, g.db, "leader"))).Val()
 	}
 	first := leader()
 	if first == "" {

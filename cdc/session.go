@@ -11,8 +11,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/replication"
 
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/invalidation"
-	"github.com/sidecache/sidecache/singleflight"
 )
 
 // flushAt is how many keys (or ids to add to a filter) a batch holds before it is flushed, even
@@ -370,7 +370,7 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 				s.drop(tg.Entity, "unreadable_key")
 				break
 			}
-			w.key(singleflight.CacheKey(t.o.Prefix, tg.Entity, ids[0]))
+			w.key(keys.Value(t.o.Prefix, tg.Entity, ids[0]))
 			switch {
 			case action == "insert" && tg.Bloom:
 				w.add(tg.Entity, ids[0])
@@ -378,7 +378,7 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 				if ids[1] != ids[0] {
 					// A key move: the new key exists from now on, so the filter must learn it
 					// before its key is deleted, like an insert's.
-					w.key(singleflight.CacheKey(t.o.Prefix, tg.Entity, ids[1]))
+					w.key(keys.Value(t.o.Prefix, tg.Entity, ids[1]))
 					if tg.Bloom {
 						w.add(tg.Entity, ids[1])
 					}

@@ -64,7 +64,7 @@ func feed(s *session, evs ...*replication.BinlogEvent) {
 	}
 }
 
-func keys(s *session) []string { return slices.Sorted(maps.Keys(s.w.keys)) }
+func batchKeys(s *session) []string { return slices.Sorted(maps.Keys(s.w.keys)) }
 
 func TestSessionXA(t *testing.T) {
 	const (
@@ -113,11 +113,11 @@ func TestSessionXA(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newSession(testTail(), Checkpoint{XAComplete: true})
 			feed(s, tt.prepare...)
-			if got := keys(s); !slices.Equal(got, tt.afterPrepare) {
+			if got := batchKeys(s); !slices.Equal(got, tt.afterPrepare) {
 				t.Errorf("before the commit: %v, want %v", got, tt.afterPrepare)
 			}
 			feed(s, tt.finish...)
-			if got := keys(s); !slices.Equal(got, tt.atEnd) {
+			if got := batchKeys(s); !slices.Equal(got, tt.atEnd) {
 				t.Errorf("at the end: %v, want %v", got, tt.atEnd)
 			}
 			if len(s.prepared) != 0 {
@@ -178,7 +178,7 @@ func TestSessionRows(t *testing.T) {
 		rowsOf(replication.DELETE_ROWS_EVENTv2, "things", []any{int64(6), "gone"}),
 		xidEvent())
 	want := []string{"sc:{items:100002}", "sc:{items:1}", "sc:{items:2}", "sc:{items:5}", "sc:{things:6}"}
-	if got := keys(s); !slices.Equal(got, want) {
+	if got := batchKeys(s); !slices.Equal(got, want) {
 		t.Errorf("keys %v, want %v", got, want)
 	}
 	if got := s.w.adds["items"]; !slices.Equal(got, []string{"100002", "5"}) {

@@ -18,14 +18,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Deleter deletes keys and voids their leases (singleflight.Leases.Invalidate), and reports
+// Deleter deletes keys and voids their leases (Redis.Invalidate), and reports
 // the keys whose delete failed.
 type Deleter interface {
 	Invalidate(ctx context.Context, keys ...string) (failed []string, err error)
 }
 
 // Dropper deletes every cached key of an entity at once: after DDL on its table, or when the
-// binlog no longer says which rows changed (singleflight.Leases.DropEntity).
+// binlog no longer says which rows changed (Redis.DropEntity).
 type Dropper interface {
 	// DropEntity deletes every value and lease of entity under prefix and returns the keys
 	// whose delete failed. An error means the pass did not complete and must run again.

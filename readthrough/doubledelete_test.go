@@ -7,7 +7,6 @@ import (
 
 	"github.com/sidecache/sidecache/invalidation"
 	"github.com/sidecache/sidecache/readthrough"
-	"github.com/sidecache/sidecache/singleflight"
 )
 
 // TestDoubleDeleteRemovesARacingFill reproduces the race the second delete exists for: a
@@ -17,7 +16,7 @@ func TestDoubleDeleteRemovesARacingFill(t *testing.T) {
 	g := newRig(t, false)
 	pause := newPausedLoad()
 	r := g.reader(0, func(o *readthrough.Options) { o.AfterLoad = pause.hook }) // no lease
-	inv := invalidation.New(invalidation.Options{Deleter: singleflight.NewLeases(g.rc, time.Second), Delay: 300 * time.Millisecond})
+	inv := invalidation.New(invalidation.Options{Deleter: invalidation.NewRedis(g.rc), Delay: 300 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go inv.Run(ctx)

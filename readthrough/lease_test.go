@@ -15,7 +15,10 @@ import (
 
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/devstack"
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
+	"github.com/sidecache/sidecache/invalidation"
+	"github.com/sidecache/sidecache/lease"
 	"github.com/sidecache/sidecache/readthrough"
 	"github.com/sidecache/sidecache/singleflight"
 )
@@ -85,7 +88,7 @@ func (g *rig) reader(leaseTTL time.Duration, mod func(*readthrough.Options)) *re
 		KeyPrefix: g.prefix, LeaseWait: 5 * time.Second,
 	}
 	if leaseTTL > 0 {
-		opts.Leases = singleflight.NewLeases(g.rc, leaseTTL)
+		opts.Leases = lease.New(g.rc, leaseTTL)
 	}
 	if mod != nil {
 		mod(&opts)
@@ -95,7 +98,7 @@ func (g *rig) reader(leaseTTL time.Duration, mod func(*readthrough.Options)) *re
 	return r
 }
 
-func (g *rig) key(id string) string { return readthrough.CacheKey(g.prefix, "items", id) }
+func (g *rig) key(id string) string { return keys.Value(g.prefix, "items", id) }
 
 // queries counts the loads MariaDB executed for this rig's table, from its general log.
 func (g *rig) queries() int {
@@ -142,7 +145,7 @@ func TestStaleSetRace(t *testing.T) {
 			g := newRig(t, false)
 			pause := newPausedLoad()
 			r := g.reader(tc.leaseTTL, func(o *readthrough.Options) { o.AfterLoad = pause.hook })
-			leases := singleflight.NewLeases(g.rc, time.Second) // the invalidation's handle
+			deleter := invalidation.NewRedis(g.rc) // the invalidation's handle
 			done := make(chan readthrough.Result)
 			go func() {
 				res, err := r.Get(context.Background(), "items", "1")
@@ -153,7 +156,7 @@ func TestStaleSetRace(t *testing.T) {
 			}()
 			<-pause.loaded // the loader has read 'old' and not yet filled
 			g.exec("UPDATE items SET name = 'new' WHERE id = 1")
-			if _, err := leases.Invalidate(context.Background(), g.key("1")); err != nil {
+			if _, err := deleter.Invalidate(context.Background(), g.key("1")); err != nil {
 				t.Fatal(err)
 			}
 			close(pause.proceed)
@@ -191,7 +194,7 @@ func TestMySQLDownWhileHoldingLease(t *testing.T) {
 		t.Fatalf("got %v, want ErrDBUnavailable", err)
 	}
 	ctx := context.Background()
-	if n := g.rc.Exists(ctx, g.key("1"), singleflight.LeaseKey(g.key("1"))).Val(); n != 0 {
+	if n := g.rc.Exists(ctx, g.key("1"), keys.Lease(g.key("1"))).Val(); n != 0 {
 		t.Fatalf("after a failed load %d of the value and its lease remain; want the lease released and nothing cached", n)
 	}
 	g.exec("RENAME TABLE items_away TO items")
@@ -279,7 +282,7 @@ func TestSlowLoadKeepsItsLease(t *testing.T) {
 	r := g.reader(ttl, func(o *readthrough.Options) { o.AfterLoad = pause.hook })
 	held := holdLease(t, r, pause)
 	// Keep the load paused across several lease periods, watching the lease get renewed.
-	lk := singleflight.LeaseKey(g.key("1"))
+	lk := keys.Lease(g.key("1"))
 	renewals, last := 0, g.rc.PTTL(context.Background(), lk).Val()
 	for renewals < 4 {
 		cur := g.rc.PTTL(context.Background(), lk).Val()
@@ -407,7 +410,7 @@ func TestPanickingLoadReleasesItsLease(t *testing.T) {
 	if !errors.As(err, &pe) {
 		t.Fatalf("got %v, want the panic as an error", err)
 	}
-	if n := g.rc.Exists(context.Background(), singleflight.LeaseKey(g.key("1"))).Val(); n != 0 {
+	if n := g.rc.Exists(context.Background(), keys.Lease(g.key("1"))).Val(); n != 0 {
 		t.Fatal("the panicking loader left its lease behind")
 	}
 }
@@ -423,7 +426,7 @@ func TestClientHangUpAfterLoadStillFills(t *testing.T) {
 	}
 	bg := context.Background()
 	for _, id := range []string{"1", "2"} {
-		if n := g.rc.Exists(bg, singleflight.LeaseKey(g.key(id))).Val(); n != 0 {
+		if n := g.rc.Exists(bg, keys.Lease(g.key(id))).Val(); n != 0 {
 			t.Errorf("id %s: the lease outlived its load", id)
 		}
 		if n := g.rc.Exists(bg, g.key(id)).Val(); n != 1 {

@@ -6,7 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/sidecache/sidecache/singleflight"
+	"github.com/sidecache/sidecache/lease"
 )
 
 // load answers one id that missed: concurrent misses for the key in this process share one
@@ -38,7 +38,7 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 		return r.loadUnleased(ctx, e, ids)
 	}
 	results := make(map[string]Result, len(ids))
-	keyOf := func(id string) string { return CacheKey(r.prefix, e.Name, id) }
+	keyOf := func(id string) string { return r.cacheKey(e, id) }
 	retried := make(map[string]bool)
 	var waitStart time.Time
 	backoff := 2 * time.Millisecond
@@ -56,12 +56,12 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 		}
-		var held []*singleflight.Lease
+		var held []*lease.Lease
 		var heldIDs, contended []string
 		for i, p := range probes {
 			id := pending[i]
 			switch p.State {
-			case singleflight.Found:
+			case lease.Found:
 				res, ok := e.answer(p.Value)
 				if !ok {
 					// A value this build cannot read (a newer format): drop exactly those bytes,
@@ -76,7 +76,7 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 				if res.Status == Stale {
 					r.refresh(e, id, keys[i])
 				}
-			case singleflight.Acquired:
+			case lease.Acquired:
 				e.m.leaseAcquired.Inc()
 				held = append(held, p.Lease)
 				heldIDs = append(heldIDs, id)
@@ -138,7 +138,7 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 // loadHeld loads ids whose leases the caller holds, keeps the leases alive meanwhile, and
 // fills the cache where the leases are still held. It returns the ids whose fills were voided.
 // A failed load (or a panic) releases the leases and caches nothing.
-func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases []*singleflight.Lease, results map[string]Result) (voided []string, err error) {
+func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases []*lease.Lease, results map[string]Result) (voided []string, err error) {
 	keep := r.leases.Keep(leases)
 	filled := false
 	defer func() {
@@ -157,11 +157,11 @@ func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases [
 	if !keep.Stop() {
 		e.m.leaseLost.Inc()
 	}
-	fills := make([]singleflight.Fill, len(ids))
+	fills := make([]lease.Fill, len(ids))
 	for i, id := range ids {
 		en := e.entry(leases[i].Key, rows[id])
 		results[id] = Result{Body: rows[id], Status: Miss}
-		fills[i] = singleflight.Fill{Lease: leases[i], Value: en.Value, TTL: en.TTL}
+		fills[i] = lease.Fill{Lease: leases[i], Value: en.Value, TTL: en.TTL}
 	}
 	start := time.Now()
 	landed, err := r.leases.Fill(ctx, fills) // releases the leases itself if it fails
@@ -194,7 +194,7 @@ func (r *Reader) loadUnleased(ctx context.Context, e *entity, ids []string) (map
 	results := make(map[string]Result, len(ids))
 	keys := make([]string, len(ids))
 	for i, id := range ids {
-		keys[i] = CacheKey(r.prefix, e.Name, id)
+		keys[i] = r.cacheKey(e, id)
 	}
 	// Re-check the cache: a flight for these keys may have filled them and ended between our
 	// GET and the start of this one, and loading again would be a second query for one fill.
@@ -223,7 +223,7 @@ func (r *Reader) loadUnleased(ctx context.Context, e *entity, ids []string) (map
 	entries := make([]Entry, 0, len(missIDs))
 	for _, id := range missIDs {
 		results[id] = Result{Body: rows[id], Status: Miss}
-		entries = append(entries, e.entry(CacheKey(r.prefix, e.Name, id), rows[id]))
+		entries = append(entries, e.entry(r.cacheKey(e, id), rows[id]))
 	}
 	r.fill(ctx, e, entries)
 	return results, nil
@@ -386,23 +386,23 @@ func (r *Reader) refreshOnce(ctx context.Context, e *entity, id, key string) str
 		r.fill(ctx, e, []Entry{e.entry(key, rows[id])})
 		return "refreshed"
 	}
-	lease, err := r.leases.Acquire(ctx, key)
+	held, err := r.leases.Acquire(ctx, key)
 	if err != nil {
 		r.log.Warn("refresh failed", "entity", e.Name, "id", id, "err", err)
 		return "error"
 	}
-	if lease == nil {
+	if held == nil {
 		return "contended" // another sidecar is refreshing it
 	}
 	// Re-check under the lease: another sidecar may have refreshed the value between our stale
 	// read and taking the lease, and loading again would be a second query for one deadline.
 	if b, err := r.cache.Get(ctx, key); err == nil {
 		if env, ok := decodeEnvelope(b); ok && env.kind == kindValue && time.Now().Before(env.deadline) {
-			r.leases.Release([]*singleflight.Lease{lease})
+			r.leases.Release([]*lease.Lease{held})
 			return "fresh"
 		}
 	}
-	voided, err := r.loadHeld(ctx, e, []string{id}, []*singleflight.Lease{lease}, map[string]Result{})
+	voided, err := r.loadHeld(ctx, e, []string{id}, []*lease.Lease{held}, map[string]Result{})
 	if err != nil {
 		r.log.Warn("refresh failed", "entity", e.Name, "id", id, "err", err)
 		return "error"

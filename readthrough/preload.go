@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/sidecache/sidecache/bloom"
-	"github.com/sidecache/sidecache/singleflight"
+	"github.com/sidecache/sidecache/lease"
 )
 
 // Scanner walks an entity's ids in key order, for the preload.
@@ -27,7 +27,7 @@ type PreloadOptions struct {
 	Scanner Scanner
 	// Leases guard the fills exactly as on the read path: a warm takes a key's lease before it
 	// reads the row, so a write invalidated meanwhile cannot be undone by the warm.
-	Leases *singleflight.Leases
+	Leases *lease.Leases
 	// IDs, when set, are the only ids warmed (canonical, as ParseID returns them); the filter is
 	// not rebuilt, but ids found are added to it. Nil: the whole table, and the filter is rebuilt.
 	IDs []string
@@ -201,17 +201,17 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 
 // warm fills the keys of ids that have no value, under their leases, with one MySQL query and
 // one Redis pipeline, and returns the ids whose rows exist.
-func (r *Reader) warm(ctx context.Context, e *entity, leases *singleflight.Leases, ids []string, st *PreloadStats) (found []string, err error) {
+func (r *Reader) warm(ctx context.Context, e *entity, leases *lease.Leases, ids []string, st *PreloadStats) (found []string, err error) {
 	keys := make([]string, len(ids))
 	for i, id := range ids {
-		keys[i] = CacheKey(r.prefix, e.Name, id)
+		keys[i] = r.cacheKey(e, id)
 	}
 	held, err := leases.AcquireMissing(ctx, keys)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 	}
 	var load []string
-	var loadLeases []*singleflight.Lease
+	var loadLeases []*lease.Lease
 	for i, l := range held {
 		if l == nil {
 			st.AlreadyCached++
@@ -234,13 +234,13 @@ func (r *Reader) warm(ctx context.Context, e *entity, leases *singleflight.Lease
 	if err != nil {
 		return nil, err
 	}
-	fills := make([]singleflight.Fill, len(load))
+	fills := make([]lease.Fill, len(load))
 	for i, id := range load {
 		if rows[id] != nil {
 			found = append(found, id)
 		} // else deleted since the scan saw it: a null marker
 		en := e.entry(loadLeases[i].Key, rows[id])
-		fills[i] = singleflight.Fill{Lease: loadLeases[i], Value: en.Value, TTL: en.TTL}
+		fills[i] = lease.Fill{Lease: loadLeases[i], Value: en.Value, TTL: en.TTL}
 	}
 	landed, err := leases.Fill(ctx, fills)
 	fillsDone = true

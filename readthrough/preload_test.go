@@ -15,8 +15,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/internal/keys"
+	"github.com/sidecache/sidecache/lease"
 	"github.com/sidecache/sidecache/readthrough"
-	"github.com/sidecache/sidecache/singleflight"
 )
 
 const tableRows = 100_000
@@ -33,7 +34,7 @@ func TestPreload100k(t *testing.T) {
 	g.entity.Bloom, g.entity.BloomParams = true, params
 	g.entity.TTL, g.entity.Jitter = 60*time.Second, 0.2
 	ctx := context.Background()
-	leases := singleflight.NewLeases(g.rc, 3*time.Second)
+	leases := lease.New(g.rc, 3*time.Second)
 	newFilters := func() *bloom.Filters { return bloom.New(g.rc, g.prefix) } // one per "sidecar process"
 	filters := newFilters()
 	r := g.reader(3*time.Second, func(o *readthrough.Options) { o.Filters = filters })
@@ -238,7 +239,7 @@ func TestPreload100k(t *testing.T) {
 				pipe := g.rc.Pipeline()
 				var cmds []*redis.DurationCmd
 				for i := from; i < from+5000 && i <= tableRows; i++ {
-					cmds = append(cmds, pipe.PTTL(ctx, readthrough.CacheKey(prefix, "items", strconv.Itoa(i))))
+					cmds = append(cmds, pipe.PTTL(ctx, keys.Value(prefix, "items", strconv.Itoa(i))))
 				}
 				now := time.Now()
 				if _, err := pipe.Exec(ctx); err != nil {

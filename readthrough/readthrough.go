@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
+	"github.com/sidecache/sidecache/lease"
 	"github.com/sidecache/sidecache/singleflight"
 )
 
@@ -101,7 +103,7 @@ type Options struct {
 	// Filters are the Bloom filters; nil: no penetration guard.
 	Filters *bloom.Filters
 	// Leases make one load per key hold across processes. Nil: in-process flights only.
-	Leases *singleflight.Leases
+	Leases *lease.Leases
 	// LeaseWait bounds how long a caller waits for another's load before Fallback. Default 2s.
 	LeaseWait time.Duration
 	// Fallback after LeaseWait. Default FallbackLoad.
@@ -139,7 +141,7 @@ type Reader struct {
 	flights  singleflight.Group[Result]
 
 	filters   *bloom.Filters
-	leases    *singleflight.Leases
+	leases    *lease.Leases
 	wait      time.Duration
 	fallback  Fallback
 	direct    chan struct{} // FallbackLoad's concurrency limit
@@ -224,8 +226,8 @@ func (r *Reader) Close() {
 	r.refreshWG.Wait()
 }
 
-// CacheKey is the Redis key of an entity's row (singleflight.CacheKey).
-func CacheKey(prefix, entity, id string) string { return singleflight.CacheKey(prefix, entity, id) }
+// cacheKey is the Redis key of an entity's row.
+func (r *Reader) cacheKey(e *entity, id string) string { return keys.Value(r.prefix, e.Name, id) }
 
 // Get answers one id. When the row does not exist the error is ErrNotFound and the Result still
 // says where that answer came from (Negative: a null marker; Miss: MySQL).
@@ -238,7 +240,7 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 	if err != nil {
 		return Result{}, err
 	}
-	key := CacheKey(r.prefix, e.Name, id)
+	key := r.cacheKey(e, id)
 	if r.covered != nil && !r.covered(e.Name) {
 		return r.bypass(ctx, e, id, key)
 	}
@@ -400,7 +402,7 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 	}
 	keys := make([]string, len(ids))
 	for i, id := range ids {
-		keys[i] = CacheKey(r.prefix, e.Name, id)
+		keys[i] = r.cacheKey(e, id)
 	}
 	start := time.Now()
 	vals, err := r.cache.GetMany(ctx, keys)

@@ -257,11 +257,6 @@ func TestJitterBounds(t *testing.T) {
 	}
 }
 
-func ExampleCacheKey() {
-	fmt.Println(readthrough.CacheKey("sc:", "items", "42"))
-	// Output: sc:{items:42}
-}
-
 // memCache is an in-memory Cache, so BenchmarkGetHit measures the read path's own work.
 type memCache map[string][]byte
 

@@ -23,10 +23,11 @@ import (
 	"github.com/sidecache/sidecache/cdc"
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/faults"
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/invalidation"
+	"github.com/sidecache/sidecache/lease"
 	"github.com/sidecache/sidecache/readthrough"
-	"github.com/sidecache/sidecache/singleflight"
 )
 
 // Options configure New. Config is required.
@@ -48,7 +49,7 @@ type Sidecar struct {
 	redis    redis.UniversalClient
 	source   *mysqlsource.Source
 	reader   *readthrough.Reader
-	leases   *singleflight.Leases
+	leases   *lease.Leases
 	filters  *bloom.Filters // nil when no entity has a filter
 	inval    *invalidation.Invalidator
 	tail     *cdc.Tail           // nil unless cdc.enabled
@@ -147,8 +148,8 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source, faults: inject}
 	// Preloads always warm under leases; the read path uses them unless turned off.
-	s.leases = singleflight.NewLeases(rc, cfg.Lease.TTL.D())
-	var leases *singleflight.Leases
+	s.leases = lease.New(rc, cfg.Lease.TTL.D())
+	var leases *lease.Leases
 	if *cfg.Lease.Enabled {
 		leases = s.leases
 	}
@@ -192,16 +193,17 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 	buildInfo.WithLabelValues(version).Set(1)
 
 	var retrier invalidation.Retrier
+	deleter := invalidation.NewRedis(rc)
 	if len(cfg.Kafka.Brokers) > 0 {
 		s.kafka = invalidation.NewKafka(invalidation.KafkaOptions{
 			Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.RetryTopic, DLQTopic: cfg.Kafka.DLQTopic, Group: cfg.Kafka.Group,
 			MaxAttempts: cfg.Kafka.MaxAttempts, Backoff: cfg.Kafka.Backoff.D(), MaxBackoff: cfg.Kafka.MaxBackoff.D(),
-			QueueSize: cfg.Kafka.QueueSize, Deleter: s.leases, Registerer: reg, Logger: log,
+			QueueSize: cfg.Kafka.QueueSize, Deleter: deleter, Registerer: reg, Logger: log,
 		})
 		retrier = s.kafka
 	}
 	s.inval = invalidation.New(invalidation.Options{
-		Deleter: s.leases, Dropper: s.leases, Prefix: cfg.Redis.KeyPrefix, Retrier: retrier,
+		Deleter: deleter, Dropper: deleter, Prefix: cfg.Redis.KeyPrefix, Retrier: retrier,
 		Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
 	})
 	if cfg.CDC.Enabled {
@@ -241,7 +243,7 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 			return fmt.Errorf("%w: bloom: %w", errDeleteFailed, err)
 		}
 	}
-	first, _, err := s.inval.Submit(ctx, invalidation.Change{Keys: []string{singleflight.CacheKey(s.cfg.Redis.KeyPrefix, entity, id)}})
+	first, _, err := s.inval.Submit(ctx, invalidation.Change{Keys: []string{keys.Value(s.cfg.Redis.KeyPrefix, entity, id)}})
 	if err != nil {
 		return fmt.Errorf("%w: %w", errDeleteFailed, err)
 	}

@@ -1,6 +1,6 @@
-// Package singleflight makes sure one load per key runs at a time. Group collapses concurrent
-// loads inside one process (it wraps golang.org/x/sync/singleflight); the cluster-wide Redis
-// lease builds on it.
+// Package singleflight collapses concurrent loads of one key inside one process: it wraps
+// golang.org/x/sync/singleflight with generic results, callers that may give up on their own
+// context, and panics returned as errors. Package lease makes the same hold across processes.
 package singleflight
 
 import (

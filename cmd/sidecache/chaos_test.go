@@ -28,7 +28,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/sidecache/sidecache/singleflight"
+	"github.com/sidecache/sidecache/internal/keys"
 )
 
 // TestChaosConsistency is the randomized, seeded consistency test: twelve tables, one per key
@@ -1172,7 +1172,7 @@ func (r *chaosResult) lookInRedis(rc *redis.Client) {
 		if _, ok := r.inRedis[m.id]; ok {
 			continue
 		}
-		b, err := rc.Get(context.Background(), singleflight.CacheKey(chaosPrefix, r.tb.name, m.id)).Bytes()
+		b, err := rc.Get(context.Background(), keys.Value(chaosPrefix, r.tb.name, m.id)).Bytes()
 		switch {
 		case errors.Is(err, redis.Nil):
 			r.inRedis[m.id] = "no key"

@@ -1,10 +1,11 @@
-package singleflight_test
+package keys_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
-	"github.com/sidecache/sidecache/singleflight"
+	"github.com/sidecache/sidecache/internal/keys"
 )
 
 // slot is Redis Cluster's key slot: CRC16 (XMODEM) of the hash tag, or of the whole key when
@@ -34,11 +35,20 @@ func TestLeaseSharesTheValueSlot(t *testing.T) {
 		t.Fatalf("slot self-check: %d", got)
 	}
 	for _, k := range []string{"sc:{items:1}", "sc:{items:18446744073709551615}", "sc:{codes:a:b}c}", "p:{users:-7}"} {
-		if a, b := slot(k), slot(singleflight.LeaseKey(k)); a != b {
+		if a, b := slot(k), slot(keys.Lease(k)); a != b {
 			t.Errorf("%s is in slot %d, its lease in %d", k, a, b)
 		}
 	}
 	if slot("sc:{items:1}") == slot("sc:{items:2}") && slot("sc:{items:3}") == slot("sc:{items:4}") {
 		t.Error("different ids all land in one slot: the tag does not spread keys")
 	}
+}
+
+func ExampleValue() {
+	v := keys.Value("sc:", "items", "42")
+	fmt.Println(v)
+	fmt.Println(keys.Lease(v))
+	// Output:
+	// sc:{items:42}
+	// sc:{items:42}:lease
 }

@@ -1,35 +1,52 @@
-package singleflight
+package invalidation
 
 import (
 	"context"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/keys"
 )
 
-// EntityPattern is the SCAN pattern that matches every value and lease key of entity (and only
-// those: other entities' names differ before the ':').
-func EntityPattern(prefix, entity string) string {
-	return globEscape(prefix+"{"+entity+":") + "*"
+// Redis deletes cached values and their leases: the Deleter and Dropper on a go-redis client,
+// a standalone server or a Redis Cluster.
+type Redis struct {
+	rdb redis.UniversalClient
 }
 
-// isEntityKey tells a value or lease key from anything else the pattern could match.
-func isEntityKey(k string) bool {
-	return strings.HasSuffix(k, "}") || strings.HasSuffix(k, "}:lease")
-}
+var (
+	_ Deleter = (*Redis)(nil)
+	_ Dropper = (*Redis)(nil)
+)
 
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch r {
-		case '*', '?', '[', ']', '\\':
-			b.WriteByte('\\')
+// NewRedis returns the deletes on rdb.
+func NewRedis(rdb redis.UniversalClient) *Redis { return &Redis{rdb: rdb} }
+
+// Invalidate deletes value keys and their leases: the "delete" of update-then-delete. A loader
+// that read a row before the write can no longer fill it. It returns the keys whose delete
+// failed (all of them when Redis cannot be reached) and the first error.
+func (d *Redis) Invalidate(ctx context.Context, values ...string) (failed []string, err error) {
+	cmds := make([]*redis.IntCmd, len(values))
+	_, err = d.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range values {
+			cmds[i] = p.Del(ctx, k, keys.Lease(k)) // one slot: the lease key shares the value key's hash tag
 		}
-		b.WriteRune(r)
+		return nil
+	})
+	if err == nil {
+		return nil, nil
 	}
-	return b.String()
+	for i, c := range cmds {
+		if c == nil || c.Err() != nil {
+			failed = append(failed, values[i])
+		}
+	}
+	if len(failed) == 0 {
+		failed = values // the pipeline failed without saying which
+	}
+	return failed, err
 }
 
 // DropEntity deletes every cached value of entity and every lease on one, scanning each Redis
@@ -41,28 +58,28 @@ func globEscape(s string) string {
 // lease present for the whole scan is found and deleted; one that went away during the scan
 // was filled during it, so its value exists when a second pass begins. The invalidation path
 // therefore runs DropEntity twice, like every delete.
-func (l *Leases) DropEntity(ctx context.Context, prefix, entity string) (failed []string, err error) {
-	pattern := EntityPattern(prefix, entity)
+func (d *Redis) DropEntity(ctx context.Context, prefix, entity string) (failed []string, err error) {
+	pattern := keys.EntityPattern(prefix, entity)
 	scan := func(ctx context.Context, c redis.UniversalClient) error {
 		var cursor uint64
 		for {
-			keys, next, err := c.Scan(ctx, cursor, pattern, 1000).Result()
+			found, next, err := c.Scan(ctx, cursor, pattern, 1000).Result()
 			if err != nil {
 				return err
 			}
-			keys = slices.DeleteFunc(keys, func(k string) bool { return !isEntityKey(k) })
-			if len(keys) > 0 {
-				cmds := make([]*redis.IntCmd, len(keys))
+			found = slices.DeleteFunc(found, func(k string) bool { return !keys.IsEntityKey(k) })
+			if len(found) > 0 {
+				cmds := make([]*redis.IntCmd, len(found))
 				// One UNLINK per key: in a Redis Cluster the keys of one node span many slots.
 				c.Pipelined(ctx, func(p redis.Pipeliner) error {
-					for i, k := range keys {
+					for i, k := range found {
 						cmds[i] = p.Unlink(ctx, k)
 					}
 					return nil
 				})
 				for i, cmd := range cmds {
 					if cmd.Err() != nil {
-						failed = append(failed, keys[i])
+						failed = append(failed, found[i])
 					}
 				}
 			}
@@ -72,11 +89,11 @@ func (l *Leases) DropEntity(ctx context.Context, prefix, entity string) (failed 
 			cursor = next
 		}
 	}
-	if cc, ok := l.rdb.(*redis.ClusterClient); ok {
+	if cc, ok := d.rdb.(*redis.ClusterClient); ok {
 		// Nodes are scanned one at a time, so failed is only appended to by one of them.
 		err = forEachMasterInTurn(ctx, cc, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
 	} else {
-		err = scan(ctx, l.rdb)
+		err = scan(ctx, d.rdb)
 	}
 	return failed, err
 }

@@ -1,35 +1,25 @@
-package singleflight
+// Package lease makes "one load per key" hold across processes, on Redis. A loader takes the
+// lease for a key with an owner token (SET NX PX), renews it while the load runs, and writes the
+// value only if it still holds the lease (compare-and-set in one script). Deleting a key also
+// deletes its lease (invalidation does both), so a loader that read the row before a write
+// cannot put the old value back after the write's invalidation: its fill finds the lease gone,
+// or someone else's, and does nothing.
+//
+// A value key and its lease key (keys.Lease) share a Redis Cluster hash slot when the value key
+// carries a hash tag ({...}), which every sidecache key does.
+package lease
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/keys"
 )
-
-// The lease makes "one load per key" hold across processes. A loader takes the lease for a key
-// with an owner token (SET NX PX), renews it while the load runs, and writes the value only if
-// it still holds the lease (compare-and-set in one script). Deleting a key also deletes its
-// lease, so a loader that read the row before a write cannot put the old value back after the
-// write's invalidation: its fill finds the lease gone, or someone else's, and does nothing.
-//
-// A value key and its lease key share a Redis Cluster hash slot when the value key carries a
-// hash tag ({...}), which every sidecache key does.
-
-// CacheKey is the Redis key of an entity's row: prefix{entity:id}. The braces are a Redis
-// Cluster hash tag, so the row and its lease share a slot. The read path fills it and the
-// invalidation path deletes it, so both take it from here.
-func CacheKey(prefix, entity, id string) string {
-	return prefix + "{" + entity + ":" + id + "}"
-}
-
-// LeaseKey returns the lease key of a value key.
-func LeaseKey(key string) string { return key + ":lease" }
 
 // The scripts run with EVAL rather than EVALSHA: Redis caches them by hash either way, and EVAL
 // cannot fail with NOSCRIPT after a Redis restart or failover, which in a pipeline could not be
@@ -97,14 +87,14 @@ type Leases struct {
 	ttl time.Duration
 }
 
-// DefaultLeaseTTL is the lease period when none is given.
-const DefaultLeaseTTL = 3 * time.Second
+// DefaultTTL is the lease period when none is given.
+const DefaultTTL = 3 * time.Second
 
-// NewLeases returns Leases on rdb with lease period ttl (0: DefaultLeaseTTL). A holder renews
-// every ttl/3; a holder that dies frees the key within ttl.
-func NewLeases(rdb redis.UniversalClient, ttl time.Duration) *Leases {
+// New returns Leases on rdb with lease period ttl (0: DefaultTTL). A holder renews every
+// ttl/3; a holder that dies frees the key within ttl.
+func New(rdb redis.UniversalClient, ttl time.Duration) *Leases {
 	if ttl <= 0 {
-		ttl = DefaultLeaseTTL
+		ttl = DefaultTTL
 	}
 	return &Leases{rdb: rdb, ttl: ttl}
 }
@@ -134,30 +124,24 @@ type Lease struct {
 	token string
 }
 
-func newToken() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // Probe reads each key's value or, where there is none, tries to take its lease, in one round
 // trip. A caller that gets Acquired must Fill or Release every lease it got.
-func (l *Leases) Probe(ctx context.Context, keys []string) ([]Probe, error) {
+func (l *Leases) Probe(ctx context.Context, values []string) ([]Probe, error) {
 	ms := strconv.FormatInt(l.ttl.Milliseconds(), 10)
-	tokens := make([]string, len(keys))
-	cmds := make([]*redis.Cmd, len(keys))
+	tokens := make([]string, len(values))
+	cmds := make([]*redis.Cmd, len(values))
 	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range keys {
-			tokens[i] = newToken()
-			cmds[i] = p.Eval(ctx, getOrAcquire, []string{k, LeaseKey(k)}, tokens[i], ms)
+		for i, k := range values {
+			tokens[i] = keys.Token()
+			cmds[i] = p.Eval(ctx, getOrAcquire, []string{k, keys.Lease(k)}, tokens[i], ms)
 		}
 		return nil
 	})
 	fail := func(err error) ([]Probe, error) {
 		// Some scripts may have run and taken leases; give back any we hold (release only
 		// deletes a lease whose token is ours).
-		ls := make([]*Lease, len(keys))
-		for i, k := range keys {
+		ls := make([]*Lease, len(values))
+		for i, k := range values {
 			ls[i] = &Lease{Key: k, token: tokens[i]}
 		}
 		l.Release(ls)
@@ -166,18 +150,18 @@ func (l *Leases) Probe(ctx context.Context, keys []string) ([]Probe, error) {
 	if err != nil {
 		return fail(err)
 	}
-	out := make([]Probe, len(keys))
+	out := make([]Probe, len(values))
 	for i, cmd := range cmds {
 		res, err := cmd.Slice()
 		if err != nil || len(res) == 0 {
-			return fail(fmt.Errorf("lease probe of %s: %v %w", keys[i], res, err))
+			return fail(fmt.Errorf("lease probe of %s: %v %w", values[i], res, err))
 		}
 		switch code, _ := res[0].(int64); code {
 		case 1:
 			s, _ := res[1].(string)
 			out[i] = Probe{State: Found, Value: []byte(s)}
 		case 2:
-			out[i] = Probe{State: Acquired, Lease: &Lease{Key: keys[i], token: tokens[i]}}
+			out[i] = Probe{State: Acquired, Lease: &Lease{Key: values[i], token: tokens[i]}}
 		default:
 			out[i] = Probe{State: Contended}
 		}
@@ -188,8 +172,8 @@ func (l *Leases) Probe(ctx context.Context, keys []string) ([]Probe, error) {
 // Acquire tries to take the lease on key whether or not it has a value; nil means another
 // caller holds it. Background refreshes of values that are still there use it.
 func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
-	lease := &Lease{Key: key, token: newToken()}
-	n, err := l.rdb.Eval(ctx, acquire, []string{LeaseKey(key)}, lease.token, l.ttl.Milliseconds()).Int64()
+	lease := &Lease{Key: key, token: keys.Token()}
+	n, err := l.rdb.Eval(ctx, acquire, []string{keys.Lease(key)}, lease.token, l.ttl.Milliseconds()).Int64()
 	if err != nil {
 		l.Release([]*Lease{lease})
 		return nil, err
@@ -203,14 +187,14 @@ func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
 // AcquireMissing takes the leases of those keys that have no value and no holder, in one round
 // trip, without reading values: bulk warming uses it. leases[i] is nil where keys[i] has a value
 // or another holder.
-func (l *Leases) AcquireMissing(ctx context.Context, keys []string) (leases []*Lease, err error) {
+func (l *Leases) AcquireMissing(ctx context.Context, values []string) (leases []*Lease, err error) {
 	ms := l.ttl.Milliseconds()
-	all := make([]*Lease, len(keys))
-	cmds := make([]*redis.Cmd, len(keys))
+	all := make([]*Lease, len(values))
+	cmds := make([]*redis.Cmd, len(values))
 	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range keys {
-			all[i] = &Lease{Key: k, token: newToken()}
-			cmds[i] = p.Eval(ctx, acquireMissing, []string{k, LeaseKey(k)}, all[i].token, ms)
+		for i, k := range values {
+			all[i] = &Lease{Key: k, token: keys.Token()}
+			cmds[i] = p.Eval(ctx, acquireMissing, []string{k, keys.Lease(k)}, all[i].token, ms)
 		}
 		return nil
 	})
@@ -218,7 +202,7 @@ func (l *Leases) AcquireMissing(ctx context.Context, keys []string) (leases []*L
 		l.Release(all)
 		return nil, err
 	}
-	leases = make([]*Lease, len(keys))
+	leases = make([]*Lease, len(values))
 	for i, c := range cmds {
 		if n, _ := c.Int64(); n == 2 {
 			leases[i] = all[i]
@@ -250,7 +234,7 @@ func (l *Leases) Fill(ctx context.Context, fills []Fill) (held []bool, err error
 	cmds := make([]*redis.Cmd, len(fills))
 	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, f := range fills {
-			cmds[i] = p.Eval(ctx, fillIfHeld, []string{f.Lease.Key, LeaseKey(f.Lease.Key)},
+			cmds[i] = p.Eval(ctx, fillIfHeld, []string{f.Lease.Key, keys.Lease(f.Lease.Key)},
 				f.Lease.token, f.Value, f.TTL.Milliseconds())
 		}
 		return nil
@@ -278,36 +262,11 @@ func (l *Leases) Release(leases []*Lease) error {
 	defer cancel()
 	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, ls := range leases {
-			p.Eval(ctx, release, []string{LeaseKey(ls.Key)}, ls.token)
+			p.Eval(ctx, release, []string{keys.Lease(ls.Key)}, ls.token)
 		}
 		return nil
 	})
 	return err
-}
-
-// Invalidate deletes keys and their leases: the "delete" of update-then-delete. A loader that
-// read a row before the write can no longer fill it. It returns the keys whose delete failed
-// (all of them when Redis cannot be reached) and the first error.
-func (l *Leases) Invalidate(ctx context.Context, keys ...string) (failed []string, err error) {
-	cmds := make([]*redis.IntCmd, len(keys))
-	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range keys {
-			cmds[i] = p.Del(ctx, k, LeaseKey(k)) // one slot: the lease key shares the value key's hash tag
-		}
-		return nil
-	})
-	if err == nil {
-		return nil, nil
-	}
-	for i, c := range cmds {
-		if c == nil || c.Err() != nil {
-			failed = append(failed, keys[i])
-		}
-	}
-	if len(failed) == 0 {
-		failed = keys // the pipeline failed without saying which
-	}
-	return failed, err
 }
 
 // Keeper renews held leases in the background until stopped.
@@ -339,7 +298,7 @@ func (l *Leases) Keep(leases []*Lease) *Keeper {
 			cmds := make([]*redis.Cmd, len(leases))
 			_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for i, ls := range leases {
-					cmds[i] = p.Eval(ctx, renew, []string{LeaseKey(ls.Key)}, ls.token, ms)
+					cmds[i] = p.Eval(ctx, renew, []string{keys.Lease(ls.Key)}, ls.token, ms)
 				}
 				return nil
 			})

@@ -1,4 +1,4 @@
-package singleflight
+package lease
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/internal/devstack"
+	"github.com/sidecache/sidecache/internal/keys"
 )
 
 // TestProbeRetryKeepsOwnLease: the client retries a pipeline after a timeout, so a probe may
@@ -27,16 +28,16 @@ func TestProbeRetryKeepsOwnLease(t *testing.T) {
 	ctx := context.Background()
 	k := fmt.Sprintf("lt:{retry:%d}", time.Now().UnixNano())
 	for i, want := range []int64{2, 2} {
-		res, err := rc.Eval(ctx, getOrAcquire, []string{k, LeaseKey(k)}, "token-a", 1000).Slice()
+		res, err := rc.Eval(ctx, getOrAcquire, []string{k, keys.Lease(k)}, "token-a", 1000).Slice()
 		if err != nil || res[0].(int64) != want {
 			t.Fatalf("run %d with the same token: %v %v, want {%d}", i, res, err, want)
 		}
 	}
-	if res, _ := rc.Eval(ctx, getOrAcquire, []string{k, LeaseKey(k)}, "token-b", 1000).Slice(); res[0].(int64) != 0 {
+	if res, _ := rc.Eval(ctx, getOrAcquire, []string{k, keys.Lease(k)}, "token-b", 1000).Slice(); res[0].(int64) != 0 {
 		t.Fatalf("another token: %v, want contended", res)
 	}
 	for i := range 2 {
-		if n, err := rc.Eval(ctx, acquire, []string{LeaseKey(k)}, "token-a", 1000).Int64(); err != nil || n != 1 {
+		if n, err := rc.Eval(ctx, acquire, []string{keys.Lease(k)}, "token-a", 1000).Int64(); err != nil || n != 1 {
 			t.Fatalf("acquire run %d with the owner's token: %d %v", i, n, err)
 		}
 	}

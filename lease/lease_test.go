@@ -1,4 +1,4 @@
-package singleflight_test
+package lease_test
 
 import (
 	"context"
@@ -10,7 +10,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/internal/devstack"
-	"github.com/sidecache/sidecache/singleflight"
+	"github.com/sidecache/sidecache/internal/keys"
+	"github.com/sidecache/sidecache/invalidation"
+	"github.com/sidecache/sidecache/lease"
 )
 
 var stack *devstack.Stack
@@ -19,12 +21,12 @@ func TestMain(m *testing.M) {
 	os.Exit(devstack.RunTests(m, devstack.Options{RedisOnly: true}, &stack))
 }
 
-func newLeases(t *testing.T, ttl time.Duration) (*singleflight.Leases, *redis.Client) {
+func newLeases(t *testing.T, ttl time.Duration) (*lease.Leases, *redis.Client) {
 	t.Helper()
 	s := devstack.Require(t, stack)
 	rc := redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { rc.Close() })
-	return singleflight.NewLeases(rc, ttl), rc
+	return lease.New(rc, ttl), rc
 }
 
 // key returns a key no earlier run has used.
@@ -36,22 +38,22 @@ func TestProbeFillRelease(t *testing.T) {
 	k := key(t)
 
 	first, err := l.Probe(ctx, []string{k})
-	if err != nil || first[0].State != singleflight.Acquired {
+	if err != nil || first[0].State != lease.Acquired {
 		t.Fatalf("first probe: %+v %v, want Acquired", first, err)
 	}
 	second, err := l.Probe(ctx, []string{k})
-	if err != nil || second[0].State != singleflight.Contended {
+	if err != nil || second[0].State != lease.Contended {
 		t.Fatalf("second probe: %+v %v, want Contended", second, err)
 	}
-	held, err := l.Fill(ctx, []singleflight.Fill{{Lease: first[0].Lease, Value: []byte("v1"), TTL: time.Minute}})
+	held, err := l.Fill(ctx, []lease.Fill{{Lease: first[0].Lease, Value: []byte("v1"), TTL: time.Minute}})
 	if err != nil || !held[0] {
 		t.Fatalf("fill by the holder: %v %v, want it to land", held, err)
 	}
-	if n := rc.Exists(ctx, singleflight.LeaseKey(k)).Val(); n != 0 {
+	if n := rc.Exists(ctx, keys.Lease(k)).Val(); n != 0 {
 		t.Errorf("the lease is still there after the fill")
 	}
 	third, err := l.Probe(ctx, []string{k})
-	if err != nil || third[0].State != singleflight.Found || string(third[0].Value) != "v1" {
+	if err != nil || third[0].State != lease.Found || string(third[0].Value) != "v1" {
 		t.Fatalf("probe after fill: %+v %v, want Found v1", third, err)
 	}
 	if ttl := rc.PTTL(ctx, k).Val(); ttl <= 59*time.Second {
@@ -65,25 +67,25 @@ func TestReleaseOnlyByOwner(t *testing.T) {
 	k := key(t)
 	a, _ := l.Probe(ctx, []string{k})
 	// The lease lapses and someone else takes it; the first holder's release must not free it.
-	rc.Del(ctx, singleflight.LeaseKey(k))
+	rc.Del(ctx, keys.Lease(k))
 	b, _ := l.Probe(ctx, []string{k})
-	if b[0].State != singleflight.Acquired {
+	if b[0].State != lease.Acquired {
 		t.Fatalf("second holder: %+v", b)
 	}
-	if err := l.Release([]*singleflight.Lease{a[0].Lease}); err != nil {
+	if err := l.Release([]*lease.Lease{a[0].Lease}); err != nil {
 		t.Fatal(err)
 	}
-	if n := rc.Exists(ctx, singleflight.LeaseKey(k)).Val(); n != 1 {
+	if n := rc.Exists(ctx, keys.Lease(k)).Val(); n != 1 {
 		t.Fatal("a stale holder's release deleted another holder's lease")
 	}
-	held, _ := l.Fill(ctx, []singleflight.Fill{{Lease: a[0].Lease, Value: []byte("old"), TTL: time.Minute}})
+	held, _ := l.Fill(ctx, []lease.Fill{{Lease: a[0].Lease, Value: []byte("old"), TTL: time.Minute}})
 	if held[0] {
 		t.Fatal("a stale holder's fill landed")
 	}
-	if err := l.Release([]*singleflight.Lease{b[0].Lease}); err != nil {
+	if err := l.Release([]*lease.Lease{b[0].Lease}); err != nil {
 		t.Fatal(err)
 	}
-	if n := rc.Exists(ctx, singleflight.LeaseKey(k)).Val(); n != 0 {
+	if n := rc.Exists(ctx, keys.Lease(k)).Val(); n != 0 {
 		t.Fatal("the owner's release left the lease")
 	}
 }
@@ -93,10 +95,10 @@ func TestInvalidateVoidsLease(t *testing.T) {
 	ctx := context.Background()
 	k := key(t)
 	p, _ := l.Probe(ctx, []string{k})
-	if _, err := l.Invalidate(ctx, k); err != nil {
+	if _, err := invalidation.NewRedis(rc).Invalidate(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	held, err := l.Fill(ctx, []singleflight.Fill{{Lease: p[0].Lease, Value: []byte("read before the write"), TTL: time.Minute}})
+	held, err := l.Fill(ctx, []lease.Fill{{Lease: p[0].Lease, Value: []byte("read before the write"), TTL: time.Minute}})
 	if err != nil || held[0] {
 		t.Fatalf("fill after invalidation: %v %v, want it rejected", held, err)
 	}
@@ -111,12 +113,12 @@ func TestKeepRenewsASlowLoad(t *testing.T) {
 	ctx := context.Background()
 	k := key(t)
 	p, _ := l.Probe(ctx, []string{k})
-	stop := l.Keep([]*singleflight.Lease{p[0].Lease})
+	stop := l.Keep([]*lease.Lease{p[0].Lease})
 	// Hold the lease across several lease periods; renewals show as the PTTL going back up.
-	renewals, last := 0, rc.PTTL(ctx, singleflight.LeaseKey(k)).Val()
+	renewals, last := 0, rc.PTTL(ctx, keys.Lease(k)).Val()
 	deadline := time.Now().Add(10 * ttl)
 	for renewals < 4 && time.Now().Before(deadline) {
-		cur := rc.PTTL(ctx, singleflight.LeaseKey(k)).Val()
+		cur := rc.PTTL(ctx, keys.Lease(k)).Val()
 		if cur <= 0 {
 			t.Fatalf("the lease lapsed during a slow load (PTTL %v)", cur)
 		}
@@ -132,7 +134,7 @@ func TestKeepRenewsASlowLoad(t *testing.T) {
 	if !stop.Stop() {
 		t.Error("Keep reports a lost lease")
 	}
-	held, _ := l.Fill(ctx, []singleflight.Fill{{Lease: p[0].Lease, Value: []byte("v"), TTL: time.Minute}})
+	held, _ := l.Fill(ctx, []lease.Fill{{Lease: p[0].Lease, Value: []byte("v"), TTL: time.Minute}})
 	if !held[0] {
 		t.Fatal("the fill after a slow, renewed load did not land")
 	}
@@ -145,7 +147,7 @@ func TestCrashedHolderFreesKeyWithinOneLeasePeriod(t *testing.T) {
 	k := key(t)
 	start := time.Now()
 	p, _ := l.Probe(ctx, []string{k}) // the holder then "crashes": no renewal, no release
-	if p[0].State != singleflight.Acquired {
+	if p[0].State != lease.Acquired {
 		t.Fatal(p)
 	}
 	for {
@@ -153,7 +155,7 @@ func TestCrashedHolderFreesKeyWithinOneLeasePeriod(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if next[0].State == singleflight.Acquired {
+		if next[0].State == lease.Acquired {
 			break
 		}
 		if time.Since(start) > 3*ttl {
@@ -172,8 +174,8 @@ func TestKeepReportsALostLease(t *testing.T) {
 	ctx := context.Background()
 	k := key(t)
 	p, _ := l.Probe(ctx, []string{k})
-	keeper := l.Keep([]*singleflight.Lease{p[0].Lease})
-	rc.Del(ctx, singleflight.LeaseKey(k)) // voided, as an invalidation does
+	keeper := l.Keep([]*lease.Lease{p[0].Lease})
+	rc.Del(ctx, keys.Lease(k)) // voided, as an invalidation does
 	select {
 	case <-keeper.Lost():
 	case <-time.After(10 * ttl):
