@@ -34,8 +34,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/internal/keys"
+	"github.com/sidecache/sidecache/internal/retry"
 	"github.com/sidecache/sidecache/invalidation"
 	"github.com/sidecache/sidecache/lease"
 )
@@ -59,7 +59,7 @@ const (
 	Stall = "stall"
 )
 
-// Options configure a Tail. Everything but Registerer, Logger, Filters and OnReset is required.
+// Options configure a Tail. Everything but Registerer and Logger is required.
 type Options struct {
 	Flavor   string // "mysql" or "mariadb"
 	ServerID uint32
@@ -71,13 +71,11 @@ type Options struct {
 	Tables   map[string][]Target // by table name
 	Prefix   string              // Redis key prefix
 
-	DB          *sql.DB // the same server, for checks and the current position
-	Redis       redis.UniversalClient
+	DB    *sql.DB // the same server, for checks and the current position
+	Redis redis.UniversalClient
+	// Invalidator deletes the keys of changed rows; it also adds inserted ids to the Bloom
+	// filters of targets with Bloom set, and resets those filters when it drops their entity.
 	Invalidator *invalidation.Invalidator
-	Filters     *bloom.Filters
-	// OnReset is called after an entity's Bloom filter was reset (DDL, a restart without a
-	// checkpoint); the caller rebuilds it. Nil: nothing is rebuilt.
-	OnReset func(entity string)
 	// OnBinlogGone is Reset (the default) or Stall.
 	OnBinlogGone string
 	// LeaderTTL is the leader lease period; a dead leader is replaced within it. Default 5s.
@@ -282,7 +280,7 @@ func (t *Tail) Run(ctx context.Context) error {
 	defer func() { <-watchDone }()
 
 	leases := lease.New(t.o.Redis, t.o.LeaderTTL)
-	backoff := time.Second
+	backoff := retry.Backoff{Min: time.Second, Max: 30 * time.Second}
 	for ctx.Err() == nil {
 		held, err := leases.Acquire(ctx, t.leaderKey())
 		if err != nil || held == nil {
@@ -292,7 +290,7 @@ func (t *Tail) Run(ctx context.Context) error {
 			} else {
 				t.setState(StateStandby, "", "")
 			}
-			sleep(ctx, t.o.LeaderTTL/3)
+			retry.Sleep(ctx, t.o.LeaderTTL/3)
 			continue
 		}
 		t.m.leader.Set(1)
@@ -312,7 +310,7 @@ func (t *Tail) Run(ctx context.Context) error {
 		case errors.Is(err, errRedisChanged), errors.Is(err, errLeaseLost), errors.Is(err, errCheckpointChanged):
 			t.log.Warn("stopped leading", "err", err)
 			t.setState(StateStandby, "", "")
-			backoff = time.Second
+			backoff.Reset()
 		case isBinlogGone(err) && t.o.OnBinlogGone == Reset:
 			// The checkpoint names a position that is gone: it covers nothing any more. Readers
 			// bypass the cache until the reset has dropped every entity and saved a new one.
@@ -329,12 +327,11 @@ func (t *Tail) Run(ctx context.Context) error {
 			cancel()
 			t.m.resets.Inc()
 			t.fail(ctx, fmt.Errorf("%w; resetting: every configured entity's cache is dropped and the tail starts again at the server's current position", err), true)
-			backoff = time.Second
+			backoff.Reset()
 		default:
 			t.fail(ctx, err, true)
-			backoff = min(2*backoff, 30*time.Second)
 		}
-		sleep(ctx, backoff)
+		retry.Sleep(ctx, backoff.Next())
 	}
 	return nil
 }
@@ -394,13 +391,6 @@ func (d demoted) Handle(ctx context.Context, r slog.Record) error {
 
 func (d demoted) WithAttrs(as []slog.Attr) slog.Handler { return demoted{d.Handler.WithAttrs(as)} }
 func (d demoted) WithGroup(name string) slog.Handler    { return demoted{d.Handler.WithGroup(name)} }
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-}
 
 // start finds where to resume and what must be dropped first:
 //   - the oldest of the checkpoint in Redis and, when this process led until a moment ago, its

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/cdc"
+	"github.com/sidecache/sidecache/invalidation"
 )
 
 // The tests below each reproduce a way the world made the tail skip an invalidation: a purged
@@ -246,8 +247,15 @@ func TestKeyMoveAddsToFilter(t *testing.T) {
 	if err := b.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// An invalidator that keeps the filter, beside the rig's.
+	deleter := invalidation.NewRedis(g.rc)
+	inv := invalidation.New(invalidation.Options{Deleter: deleter, Dropper: deleter, Prefix: g.prefix, Filters: filters, Delay: 50 * time.Millisecond})
+	ictx, stopInv := context.WithCancel(context.Background())
+	invDone := make(chan struct{})
+	go func() { inv.Run(ictx); close(invDone) }()
+	t.Cleanup(func() { stopInv(); <-invDone })
 	tl := g.tailWith(time.Second, func(o *cdc.Options) {
-		o.Filters = filters
+		o.Invalidator = inv
 		o.Tables = map[string][]cdc.Target{"items": {{Entity: "items", KeyColumn: "id", Unsigned: true, Bits: 32, Bloom: true}}}
 	})
 	g.run(tl)

@@ -567,10 +567,9 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// flush hands the batch to invalidation: the filters of dropped entities are reset and the ids
-// inserted (or moved to) are added to their filters first, so that no delete exposes an id
-// the filter calls absent; then the first pass of every key and drop runs, and the batch's
-// checkpoint is queued behind its second pass.
+// flush hands the batch to invalidation, which resets the filters of dropped entities and adds
+// the ids inserted (or moved to) before it runs the first pass of every key and drop; the
+// batch's checkpoint is queued behind its second pass.
 func (s *session) flush(ctx context.Context) error {
 	t := s.t
 	w := s.w
@@ -590,25 +589,10 @@ func (s *session) flush(ctx context.Context) error {
 	s.w, s.marked, s.first = newWork(), false, time.Time{}
 
 	drops := slices.Sorted(maps.Keys(w.drops))
-	if t.o.Filters != nil {
-		for _, e := range drops {
-			if !t.filtered[e] {
-				continue
-			}
-			if err := t.retry(ctx, "bloom reset", e, func() error { return t.o.Filters.Reset(ctx, e) }); err != nil {
-				return nil // ctx ended; the checkpoint was not advanced past these
-			}
-			if t.o.OnReset != nil {
-				t.o.OnReset(e)
-			}
-		}
-		for e, ids := range w.adds {
-			if _, dropped := w.drops[e]; dropped {
-				continue
-			}
-			if err := t.retry(ctx, "bloom add", e, func() error { return t.o.Filters.Add(ctx, e, ids...) }); err != nil {
-				return nil
-			}
+	var resets []string
+	for _, e := range drops {
+		if t.filtered[e] {
+			resets = append(resets, e)
 		}
 	}
 	for _, e := range drops {
@@ -619,7 +603,9 @@ func (s *session) flush(ctx context.Context) error {
 		keys = append(keys, k)
 	}
 	position := s.cp.String()
-	_, done, err := t.o.Invalidator.Submit(ctx, invalidation.Change{Keys: keys, Entities: drops, Position: position})
+	_, done, err := t.o.Invalidator.Submit(ctx, invalidation.Change{
+		Keys: keys, Entities: drops, Adds: w.adds, Resets: resets, Position: position,
+	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // ctx ended; the checkpoint was not advanced past these
@@ -640,24 +626,4 @@ func (s *session) flush(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	return nil
-}
-
-// retry runs fn until it succeeds or ctx ends, warning now and then.
-func (t *Tail) retry(ctx context.Context, what, entity string, fn func() error) error {
-	backoff := 50 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		if attempt == 1 || attempt%20 == 0 {
-			t.log.Warn(what+" failed; retrying", "entity", entity, "attempt", attempt, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/retry"
 )
 
 // States of a process's binlog tail.
@@ -347,10 +349,8 @@ func (t *Tail) WaitCovered(ctx context.Context, entity string) error {
 		if t.Covered(entity) {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cdc: no binlog tail covers entity %q yet: %w", entity, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
+		if err := retry.Sleep(ctx, 200*time.Millisecond); err != nil {
+			return fmt.Errorf("cdc: no binlog tail covers entity %q yet: %w", entity, err)
 		}
 	}
 }

@@ -10,12 +10,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sidecache/sidecache/internal/retry"
 )
 
 // Deleter deletes keys and voids their leases (Redis.Invalidate), and reports
@@ -32,6 +33,15 @@ type Dropper interface {
 	DropEntity(ctx context.Context, prefix, entity string) (failed []string, err error)
 }
 
+// Filters are the Bloom filters an invalidation keeps exact (bloom.Filters): an id must be in
+// its entity's filter before any delete can expose it as a miss.
+type Filters interface {
+	// Add adds ids to entity's filter.
+	Add(ctx context.Context, entity string, ids ...string) error
+	// Reset drops entity's filter, so that it answers "maybe" until rebuilt.
+	Reset(ctx context.Context, entity string) error
+}
+
 // Retrier takes keys whose delete failed off the caller's hands (the Kafka retry path).
 type Retrier interface {
 	// Retry queues keys for retried deletes; acked is closed once they are durably handed off.
@@ -46,6 +56,10 @@ type Options struct {
 	Dropper Dropper
 	// Prefix is the key prefix entity drops match under. Default none.
 	Prefix string
+	// Filters, if set, take the Adds and Resets of every change before its deletes.
+	Filters Filters
+	// OnReset, if set, is called after an entity's filter was reset; the caller rebuilds it.
+	OnReset func(entity string)
 	// Retrier, if set, takes failed deletes after one attempt. Nil: retry in process until
 	// the delete succeeds.
 	Retrier Retrier
@@ -69,6 +83,8 @@ type Invalidator struct {
 	del                Deleter
 	dropper            Dropper
 	prefix             string
+	filters            Filters
+	onReset            func(entity string)
 	maxPending         int
 	retrier            Retrier
 	delay              time.Duration
@@ -96,8 +112,9 @@ type second struct {
 // New returns an Invalidator.
 func New(opts Options) *Invalidator {
 	inv := &Invalidator{
-		del: opts.Deleter, dropper: opts.Dropper, prefix: opts.Prefix, maxPending: opts.MaxPending,
-		retrier: opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
+		del: opts.Deleter, dropper: opts.Dropper, prefix: opts.Prefix, filters: opts.Filters, onReset: opts.OnReset,
+		maxPending: opts.MaxPending,
+		retrier:    opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
 		log: opts.Logger, wake: make(chan struct{}, 1), drained: make(chan struct{}, 1), m: newMetrics(opts.Registerer),
 	}
 	if inv.maxPending <= 0 {
@@ -125,6 +142,12 @@ var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c
 type Change struct {
 	Keys     []string
 	Entities []string
+	// Adds are ids to add to their entity's Bloom filter (entity → ids) before anything is
+	// deleted: an inserted row's, a moved key's new one. Ids of an entity in Resets are skipped.
+	Adds map[string][]string
+	// Resets are entities whose Bloom filter is reset before anything is deleted: their table
+	// changed in ways the binlog does not list row by row.
+	Resets []string
 	// Position is the change's binlog position, which a retry message carries.
 	Position string
 }
@@ -138,11 +161,16 @@ func (inv *Invalidator) Delete(ctx context.Context, keys []string) (done <-chan 
 	return done, err
 }
 
-// Submit invalidates a change: entities are dropped (their first pass runs here, retried until
-// the scan completes) and keys deleted now, and the second pass of both is scheduled. first is
-// closed once the first pass is done or durably handed off (a Retrier acknowledged its failed
-// keys); done once both passes are. It waits while MaxPending keys wait for their second pass.
+// Submit invalidates a change: filters are reset and ids added to them first (retried until
+// they succeed), so that no delete exposes an id a filter calls absent; then entities are
+// dropped (their first pass runs here, retried until the scan completes) and keys deleted now,
+// and the second pass of both is scheduled. first is closed once the first pass is done or
+// durably handed off (a Retrier acknowledged its failed keys); done once both passes are. It
+// waits while MaxPending keys wait for their second pass.
 func (inv *Invalidator) Submit(ctx context.Context, c Change) (first, done <-chan struct{}, err error) {
+	if err := inv.updateFilters(ctx, c); err != nil {
+		return nil, nil, err
+	}
 	if len(c.Keys) == 0 && len(c.Entities) == 0 {
 		return closed, closed, nil
 	}
@@ -167,6 +195,37 @@ func (inv *Invalidator) Submit(ctx context.Context, c Change) (first, done <-cha
 	default:
 	}
 	return first, s.done, nil
+}
+
+// updateFilters resets the filters of c.Resets and adds c.Adds to the others, retrying each
+// until it succeeds or ctx ends.
+func (inv *Invalidator) updateFilters(ctx context.Context, c Change) error {
+	if inv.filters == nil {
+		return nil
+	}
+	for _, e := range c.Resets {
+		err := inv.retry(ctx, "bloom reset failed; retrying", func() ([]any, error) {
+			return []any{"entity", e}, inv.filters.Reset(ctx, e)
+		})
+		if err != nil {
+			return err
+		}
+		if inv.onReset != nil {
+			inv.onReset(e)
+		}
+	}
+	for e, ids := range c.Adds {
+		if slices.Contains(c.Resets, e) || len(ids) == 0 {
+			continue
+		}
+		err := inv.retry(ctx, "bloom add failed; retrying", func() ([]any, error) {
+			return []any{"entity", e}, inv.filters.Add(ctx, e, ids...)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // waitPending blocks while MaxPending keys or more wait for their second delete.
@@ -270,22 +329,13 @@ func (inv *Invalidator) deleteRetrying(ctx context.Context, keys []string, delet
 // RetryMin to RetryMax, and logs msg with the failed attempt's attributes on the first failure
 // and every tenth.
 func (inv *Invalidator) retry(ctx context.Context, msg string, attempt func() (attrs []any, err error)) error {
-	backoff := inv.retryMin
-	for n := 1; ; n++ {
+	return retry.Do(ctx, retry.Backoff{Min: inv.retryMin, Max: inv.retryMax}, func(n int) error {
 		attrs, err := attempt()
-		if err == nil {
-			return nil
-		}
-		if n == 1 || n%10 == 0 {
+		if err != nil && (n == 1 || n%10 == 0) {
 			inv.log.Warn(msg, append(attrs, "attempt", n, "err", err)...)
 		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(ctx.Err(), err)
-		case <-time.After(backoff/2 + rand.N(backoff)):
-		}
-		backoff = min(2*backoff, inv.retryMax)
-	}
+		return err
+	})
 }
 
 // Run performs second deletes as they fall due, until ctx ends. Second deletes still queued

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -95,5 +96,72 @@ func TestSecondDeletesFinishInOrder(t *testing.T) {
 		default:
 			t.Errorf("change %d's second delete is not done though a later one's is", i)
 		}
+	}
+}
+
+// filterLog records filter calls and deletes in the order they happen.
+type filterLog struct {
+	mu       sync.Mutex
+	events   []string
+	addFails int
+}
+
+func (l *filterLog) record(ev string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, ev)
+}
+
+func (l *filterLog) Add(_ context.Context, entity string, ids ...string) error {
+	l.mu.Lock()
+	fail := l.addFails > 0
+	l.addFails--
+	l.mu.Unlock()
+	if fail {
+		return errors.New("redis: i/o timeout")
+	}
+	l.record("add " + entity + " " + strings.Join(ids, ","))
+	return nil
+}
+
+func (l *filterLog) Reset(_ context.Context, entity string) error {
+	l.record("reset " + entity)
+	return nil
+}
+
+func (l *filterLog) Invalidate(_ context.Context, keys ...string) ([]string, error) {
+	l.record("delete " + strings.Join(keys, ","))
+	return nil, nil
+}
+
+func (l *filterLog) DropEntity(_ context.Context, _, entity string) ([]string, error) {
+	l.record("drop " + entity)
+	return nil, nil
+}
+
+// TestFiltersBeforeDeletes: a change's filter resets and adds (retried until they succeed) come
+// before its first delete, adds to a reset filter are skipped, and OnReset hears of each reset.
+func TestFiltersBeforeDeletes(t *testing.T) {
+	l := &filterLog{addFails: 2}
+	var rebuilt []string
+	inv := invalidation.New(invalidation.Options{
+		Deleter: l, Dropper: l, Filters: l, OnReset: func(e string) { rebuilt = append(rebuilt, e) },
+		Delay: -1, RetryMin: time.Millisecond, RetryMax: time.Millisecond,
+	})
+	_, done, err := inv.Submit(context.Background(), invalidation.Change{
+		Keys: []string{"k1"}, Entities: []string{"orders"},
+		Adds:   map[string][]string{"items": {"7"}, "orders": {"9"}},
+		Resets: []string{"orders"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	want := []string{"reset orders", "add items 7", "drop orders", "delete k1"}
+	if !slices.Equal(l.events, want) {
+		t.Errorf("events %q, want %q", l.events, want)
+	}
+	if !slices.Equal(rebuilt, []string{"orders"}) {
+		t.Errorf("OnReset heard of %q, want [orders]", rebuilt)
 	}
 }

@@ -4,12 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/sidecache/sidecache/internal/retry"
 )
 
 // KafkaOptions configure the Kafka retry path. Brokers, Deleter and the topics are required.
@@ -103,12 +104,7 @@ func NewKafka(o KafkaOptions) *Kafka {
 }
 
 func (k *Kafka) backoff(attempt int) time.Duration {
-	d := k.o.Backoff
-	for i := 1; i < attempt && d < k.o.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, k.o.MaxBackoff)
-	return d/2 + rand.N(d)
+	return retry.Delay(k.o.Backoff, k.o.MaxBackoff, attempt)
 }
 
 func encode(m Message) kafka.Message {
@@ -174,26 +170,20 @@ func (k *Kafka) RunProducer(ctx context.Context) error {
 
 // write sends msgs, retrying with backoff until Kafka takes them or ctx ends.
 func (k *Kafka) write(ctx context.Context, w *kafka.Writer, msgs []kafka.Message) error {
-	backoff := 50 * time.Millisecond
-	for attempt := 1; ; attempt++ {
+	err := retry.Do(ctx, retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}, func(n int) error {
 		err := w.WriteMessages(ctx, msgs...)
-		if err == nil {
-			return nil
+		if err != nil && ctx.Err() == nil {
+			k.m.errors.WithLabelValues("produce").Inc()
+			if n == 1 || n%20 == 0 {
+				k.log.Warn("kafka write failed; retrying", "topic", w.Topic, "messages", len(msgs), "attempt", n, "err", err)
+			}
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		k.m.errors.WithLabelValues("produce").Inc()
-		if attempt == 1 || attempt%20 == 0 {
-			k.log.Warn("kafka write failed; retrying", "topic", w.Topic, "messages", len(msgs), "attempt", attempt, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return ctx.Err()
 	}
+	return nil
 }
 
 // RunWorker consumes the retry topic as a member of the group until ctx ends: it waits for each
@@ -216,7 +206,7 @@ func (k *Kafka) RunWorker(ctx context.Context) error {
 			}
 			k.m.errors.WithLabelValues("fetch").Inc()
 			k.log.Warn("kafka fetch failed", "err", err)
-			sleepCtx(ctx, time.Second)
+			retry.Sleep(ctx, time.Second)
 			continue
 		}
 		k.m.consumed.Inc()
@@ -232,7 +222,7 @@ func (k *Kafka) RunWorker(ctx context.Context) error {
 				return nil
 			}
 			k.m.errors.WithLabelValues("commit").Inc()
-			sleepCtx(ctx, 200*time.Millisecond)
+			retry.Sleep(ctx, 200*time.Millisecond)
 		}
 	}
 }
@@ -244,12 +234,8 @@ func (k *Kafka) handle(ctx context.Context, km kafka.Message) error {
 		k.m.deadLettered.Inc()
 		return k.write(ctx, k.dlq, []kafka.Message{{Key: km.Key, Value: km.Value}})
 	}
-	if wait := time.Until(time.UnixMilli(m.NotBefore)); wait > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
+	if err := retry.Sleep(ctx, time.Until(time.UnixMilli(m.NotBefore))); err != nil {
+		return err
 	}
 	if !km.Time.IsZero() {
 		k.m.delay.Observe(time.Since(km.Time).Seconds())
@@ -285,13 +271,6 @@ func errString(err error) string {
 		return "delete failed"
 	}
 	return err.Error()
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
 }
 
 type kafkaMetrics struct {

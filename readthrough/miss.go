@@ -3,9 +3,9 @@ package readthrough
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
+	"github.com/sidecache/sidecache/internal/retry"
 	"github.com/sidecache/sidecache/lease"
 )
 
@@ -41,7 +41,7 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 	keyOf := func(id string) string { return r.cacheKey(e, id) }
 	retried := make(map[string]bool)
 	var waitStart time.Time
-	backoff := 2 * time.Millisecond
+	backoff := retry.Backoff{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond}
 	pending := ids
 	for {
 		keys := make([]string, len(pending))
@@ -119,14 +119,10 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 		}
 		// Wait for the holder's fill with jittered exponential backoff, so waiters across the
 		// cluster do not poll Redis in step.
-		sleep := backoff/2 + rand.N(backoff)
-		select {
-		case <-ctx.Done():
+		if err := retry.Sleep(ctx, backoff.Next()); err != nil {
 			e.m.leaseWaitSeconds.Observe(time.Since(waitStart).Seconds())
-			return nil, ctx.Err()
-		case <-time.After(sleep):
+			return nil, err
 		}
-		backoff = min(2*backoff, 50*time.Millisecond)
 		pending = contended
 	}
 	if !waitStart.IsZero() {

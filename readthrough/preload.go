@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/internal/retry"
 	"github.com/sidecache/sidecache/lease"
 )
 
@@ -98,14 +99,7 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 			return nil
 		}
 		due := time.Duration(float64(st.Rows) / opts.Rate * float64(time.Second))
-		if wait := due - time.Since(start); wait > 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(wait):
-			}
-		}
-		return nil
+		return retry.Sleep(ctx, due-time.Since(start))
 	}
 
 	if opts.IDs != nil {

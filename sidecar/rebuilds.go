@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/internal/retry"
 	"github.com/sidecache/sidecache/readthrough"
 )
 
@@ -60,10 +61,8 @@ func (r *rebuilds) run(ctx context.Context) error {
 		case <-r.wake:
 			// Resets come in bursts (a table swap is several statements): wait for the burst to
 			// end, so that one rebuild serves it.
-			select {
-			case <-ctx.Done():
+			if retry.Sleep(ctx, time.Second) != nil {
 				return nil
-			case <-time.After(time.Second):
 			}
 		case <-tick.C:
 			if r.s.tail.Leading() {

@@ -202,10 +202,14 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		})
 		retrier = s.kafka
 	}
-	s.inval = invalidation.New(invalidation.Options{
+	io := invalidation.Options{
 		Deleter: deleter, Dropper: deleter, Prefix: cfg.Redis.KeyPrefix, Retrier: retrier,
 		Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
-	})
+	}
+	if s.filters != nil {
+		io.Filters, io.OnReset = s.filters, s.rebuilds.request
+	}
+	s.inval = invalidation.New(io)
 	if cfg.CDC.Enabled {
 		if err := s.startCDC(pctx, reg, schema); err != nil {
 			s.Close()
@@ -238,12 +242,11 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
 	defer cancel()
-	if ce := s.cfg.Entity(entity); ce.Bloom.Enabled && s.filters != nil {
-		if err := s.filters.Add(ctx, entity, id); err != nil {
-			return fmt.Errorf("%w: bloom: %w", errDeleteFailed, err)
-		}
+	change := invalidation.Change{Keys: []string{keys.Value(s.cfg.Redis.KeyPrefix, entity, id)}}
+	if s.cfg.Entity(entity).Bloom.Enabled {
+		change.Adds = map[string][]string{entity: {id}}
 	}
-	first, _, err := s.inval.Submit(ctx, invalidation.Change{Keys: []string{keys.Value(s.cfg.Redis.KeyPrefix, entity, id)}})
+	first, _, err := s.inval.Submit(ctx, change)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errDeleteFailed, err)
 	}
@@ -408,7 +411,7 @@ func (s *Sidecar) startCDC(ctx context.Context, reg prometheus.Registerer, schem
 	s.tail = cdc.New(cdc.Options{
 		Flavor: cfg.CDC.Flavor, ServerID: cfg.CDC.ServerID, Host: host, Port: uint16(port),
 		User: dc.User, Password: dc.Passwd, Schema: schema, Tables: tables, Prefix: cfg.Redis.KeyPrefix,
-		DB: s.cdcDB, Redis: s.redis, Invalidator: s.inval, Filters: s.filters, OnReset: s.rebuilds.request,
+		DB: s.cdcDB, Redis: s.redis, Invalidator: s.inval,
 		OnBinlogGone: cfg.CDC.OnBinlogGone, LeaderTTL: cfg.CDC.LeaderTTL.D(), Registerer: reg, Logger: s.log,
 	})
 	return s.tail.Check(ctx)

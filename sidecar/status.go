@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/cdc"
+	"github.com/sidecache/sidecache/internal/retry"
 )
 
 // Status is what GET /status reports: the state of every part, without internal addresses.
@@ -85,10 +86,7 @@ func (s *Sidecar) checkEvictionPolicy(ctx context.Context) {
 			s.log.Info("cannot read Redis's maxmemory-policy (CONFIG is not allowed); sidecache needs one that keeps keys without a TTL, such as volatile-lru")
 			return
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(10 * time.Second):
-		}
+		retry.Sleep(ctx, 10*time.Second)
 	}
 }
 

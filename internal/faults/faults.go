@@ -17,6 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/retry"
 )
 
 // ErrInjected is the error an injected failure returns.
@@ -70,10 +72,7 @@ func (f *Faults) fail() bool {
 
 func (f *Faults) delay(ctx context.Context) {
 	if d := time.Duration(f.latency.Load()); d > 0 {
-		select {
-		case <-ctx.Done():
-		case <-time.After(d):
-		}
+		retry.Sleep(ctx, d)
 	}
 }
 
