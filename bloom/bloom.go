@@ -32,6 +32,12 @@ import (
 // MaxBits is the largest bitmap Redis can hold (a string of 512 MiB).
 const MaxBits = 1 << 32
 
+// Defaults of a filter's size, which the configuration applies.
+const (
+	DefaultExpectedItems = 1_000_000
+	DefaultFPRate        = 0.01
+)
+
 // Params size a filter: M bits and K hash locations per item.
 type Params struct {
 	M, K uint

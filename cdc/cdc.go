@@ -59,10 +59,18 @@ const (
 	Stall = "stall"
 )
 
-// Options configure a Tail. Everything but Registerer and Logger is required.
+// Defaults of Options.
+const (
+	DefaultFlavor    = "mysql"
+	DefaultServerID  = 1001
+	DefaultLeaderTTL = 5 * time.Second
+)
+
+// Options configure a Tail. The server's address and account, Schema, Tables, DB, Redis and
+// Invalidator are required.
 type Options struct {
-	Flavor   string // "mysql" or "mariadb"
-	ServerID uint32
+	Flavor   string // "mysql" or "mariadb"; default DefaultFlavor
+	ServerID uint32 // the replica server id, unique among the server's replicas; default DefaultServerID
 	Host     string
 	Port     uint16
 	User     string
@@ -78,7 +86,8 @@ type Options struct {
 	Invalidator *invalidation.Invalidator
 	// OnBinlogGone is Reset (the default) or Stall.
 	OnBinlogGone string
-	// LeaderTTL is the leader lease period; a dead leader is replaced within it. Default 5s.
+	// LeaderTTL is the leader lease period; a dead leader is replaced within it. Default
+	// DefaultLeaderTTL.
 	LeaderTTL  time.Duration
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -130,17 +139,20 @@ type saved struct {
 	cp Checkpoint
 }
 
-// New returns a Tail.
-func New(o Options) *Tail {
-	if o.LeaderTTL <= 0 {
-		o.LeaderTTL = 5 * time.Second
-	}
+// init fills the defaults.
+func (o *Options) init() {
+	o.Flavor = cmp.Or(o.Flavor, DefaultFlavor)
+	o.ServerID = cmp.Or(o.ServerID, DefaultServerID)
+	o.LeaderTTL = cmp.Or(max(o.LeaderTTL, 0), DefaultLeaderTTL)
+	o.OnBinlogGone = cmp.Or(o.OnBinlogGone, Reset)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.OnBinlogGone == "" {
-		o.OnBinlogGone = Reset
-	}
+}
+
+// New returns a Tail.
+func New(o Options) *Tail {
+	o.init()
 	host, _ := os.Hostname()
 	t := &Tail{o: o, log: o.Logger.With("component", "cdc", "schema", o.Schema),
 		id: fmt.Sprintf("%s/%d", host, os.Getpid()), started: time.Now()}
@@ -271,7 +283,7 @@ func (t *Tail) saveCheckpoint(ctx context.Context, cp Checkpoint, expect []byte)
 // The lease is a lease.Lease on the leader key: an owner token, renewed every ttl/3.
 // Beside it, every process follows the checkpoint and the leader's status, for Covered and
 // Status.
-func (t *Tail) Run(ctx context.Context) error {
+func (t *Tail) Run(ctx context.Context) {
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -304,7 +316,7 @@ func (t *Tail) Run(ctx context.Context) error {
 		t.lostAt = time.Now()
 		t.mu.Unlock()
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		switch {
 		case errors.Is(err, errRedisChanged), errors.Is(err, errLeaseLost), errors.Is(err, errCheckpointChanged):
@@ -333,7 +345,6 @@ func (t *Tail) Run(ctx context.Context) error {
 		}
 		retry.Sleep(ctx, backoff.Next())
 	}
-	return nil
 }
 
 // errLeaseLost stops a tail whose leader lease could not be renewed.

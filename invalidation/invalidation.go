@@ -7,6 +7,7 @@
 package invalidation
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -49,6 +50,14 @@ type Retrier interface {
 	Retry(ctx context.Context, keys []string, position string, cause error) (acked <-chan struct{}, err error)
 }
 
+// Defaults of Options.
+const (
+	DefaultDelay      = 500 * time.Millisecond
+	DefaultRetryMin   = 20 * time.Millisecond
+	DefaultRetryMax   = 2 * time.Second
+	DefaultMaxPending = 200_000
+)
+
 // Options configure an Invalidator. Deleter is required.
 type Options struct {
 	Deleter Deleter
@@ -63,14 +72,15 @@ type Options struct {
 	// Retrier, if set, takes failed deletes after one attempt. Nil: retry in process until
 	// the delete succeeds.
 	Retrier Retrier
-	// Delay is the time between the first delete and the second. Default 500ms; 0 keeps the
-	// default, a negative value turns the second delete off.
+	// Delay is the time between the first delete and the second. Default DefaultDelay; a
+	// negative value turns the second delete off.
 	Delay time.Duration
 	// RetryMin and RetryMax bound the backoff between attempts of a failed delete.
-	// Defaults 20ms and 2s.
+	// Defaults DefaultRetryMin and DefaultRetryMax.
 	RetryMin, RetryMax time.Duration
 	// MaxPending bounds the keys waiting for their second delete; Submit waits while more are
-	// pending, so a huge transaction cannot grow memory without bound. Default 200,000.
+	// pending, so a huge transaction cannot grow memory without bound. Default
+	// DefaultMaxPending.
 	MaxPending int
 	// Registerer receives the metrics; nil: not registered.
 	Registerer prometheus.Registerer
@@ -109,30 +119,27 @@ type second struct {
 	done     chan struct{}
 }
 
+// init fills the defaults.
+func (o *Options) init() {
+	if o.Delay == 0 {
+		o.Delay = DefaultDelay
+	}
+	o.RetryMin = cmp.Or(max(o.RetryMin, 0), DefaultRetryMin)
+	o.RetryMax = cmp.Or(max(o.RetryMax, 0), DefaultRetryMax)
+	o.MaxPending = cmp.Or(max(o.MaxPending, 0), DefaultMaxPending)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
 // New returns an Invalidator.
 func New(opts Options) *Invalidator {
-	inv := &Invalidator{
+	opts.init()
+	return &Invalidator{
 		del: opts.Deleter, dropper: opts.Dropper, prefix: opts.Prefix, filters: opts.Filters, onReset: opts.OnReset,
-		maxPending: opts.MaxPending,
-		retrier:    opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
+		maxPending: opts.MaxPending, retrier: opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
 		log: opts.Logger, wake: make(chan struct{}, 1), drained: make(chan struct{}, 1), m: newMetrics(opts.Registerer),
 	}
-	if inv.maxPending <= 0 {
-		inv.maxPending = 200_000
-	}
-	if inv.delay == 0 {
-		inv.delay = 500 * time.Millisecond
-	}
-	if inv.retryMin <= 0 {
-		inv.retryMin = 20 * time.Millisecond
-	}
-	if inv.retryMax <= 0 {
-		inv.retryMax = 2 * time.Second
-	}
-	if inv.log == nil {
-		inv.log = slog.Default()
-	}
-	return inv
 }
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -340,7 +347,7 @@ func (inv *Invalidator) retry(ctx context.Context, msg string, attempt func() (a
 
 // Run performs second deletes as they fall due, until ctx ends. Second deletes still queued
 // then are not done, and their channels stay open: a checkpoint never passes them.
-func (inv *Invalidator) Run(ctx context.Context) error {
+func (inv *Invalidator) Run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	defer inv.waiters.Wait()
@@ -363,7 +370,7 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 			for _, s := range due {
 				ack, err := inv.pass(ctx, Change{Keys: s.keys, Entities: s.entities, Position: s.position}, inv.m.second)
 				if err != nil {
-					return nil // ctx ended: not done, so never checkpointed past
+					return // ctx ended: not done, so never checkpointed past
 				}
 				n += len(s.keys)
 				inv.finish(ctx, s, ack)
@@ -381,7 +388,7 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 		timer.Reset(next)
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-inv.wake:
 		case <-timer.C:
 		}

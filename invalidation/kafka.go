@@ -1,9 +1,11 @@
 package invalidation
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,26 +15,40 @@ import (
 	"github.com/sidecache/sidecache/internal/retry"
 )
 
-// KafkaOptions configure the Kafka retry path. Brokers, Deleter and the topics are required.
+// Defaults of KafkaOptions.
+const (
+	DefaultTopic       = "sidecache.invalidate.retry"
+	DefaultDLQTopic    = "sidecache.invalidate.dlq"
+	DefaultGroup       = "sidecache-invalidate"
+	DefaultMaxAttempts = 10
+	DefaultBackoff     = 100 * time.Millisecond
+	DefaultMaxBackoff  = 30 * time.Second
+	DefaultQueueSize   = 10000
+)
+
+// KafkaOptions configure the Kafka retry path. Brokers and Deleter are required.
 type KafkaOptions struct {
 	Brokers []string
 	// Topic receives failed deletes, keyed by cache key; DLQTopic those that failed MaxAttempts
-	// times.
+	// times. Defaults DefaultTopic and DefaultDLQTopic.
 	Topic, DLQTopic string
-	// Group is the consumer group of the retry workers. Default "sidecache-invalidate".
+	// Group is the consumer group of the retry workers. Default DefaultGroup.
 	Group string
 	// MaxAttempts counts every delete attempt of a key, the first included; at least 2.
-	// Default 10.
+	// Default DefaultMaxAttempts.
 	MaxAttempts int
 	// Backoff before the n-th retry is Backoff·2^(n-1), at most MaxBackoff, ±50% jitter.
-	// Defaults 100ms and 30s.
+	// Defaults DefaultBackoff and DefaultMaxBackoff.
 	Backoff, MaxBackoff time.Duration
 	// QueueSize bounds the keys waiting for Kafka while it is unreachable; when full, Retry
-	// blocks (the binlog tail pauses) rather than drop anything. Default 10000.
-	QueueSize  int
-	Deleter    Deleter
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
+	// blocks (the binlog tail pauses) rather than drop anything. Default DefaultQueueSize.
+	QueueSize int
+	// ProduceOnly runs no retry worker in this process: the workers of other processes in
+	// Group delete the keys it hands over.
+	ProduceOnly bool
+	Deleter     Deleter
+	Registerer  prometheus.Registerer
+	Logger      *slog.Logger
 }
 
 // Message is a retry (or dead-letter) record.
@@ -45,7 +61,7 @@ type Message struct {
 }
 
 // Kafka is the Retrier that retries failed deletes through a Kafka topic, and the worker that
-// consumes it. RunProducer and RunWorker must run.
+// consumes it. Run must be running.
 type Kafka struct {
 	o      KafkaOptions
 	log    *slog.Logger
@@ -68,27 +84,24 @@ type ackGroup struct {
 
 var _ Retrier = (*Kafka)(nil)
 
-// NewKafka returns the Kafka retry path.
-func NewKafka(o KafkaOptions) *Kafka {
-	if o.Group == "" {
-		o.Group = "sidecache-invalidate"
-	}
-	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = 10
-	}
+// init fills the defaults.
+func (o *KafkaOptions) init() {
+	o.Topic = cmp.Or(o.Topic, DefaultTopic)
+	o.DLQTopic = cmp.Or(o.DLQTopic, DefaultDLQTopic)
+	o.Group = cmp.Or(o.Group, DefaultGroup)
+	o.MaxAttempts = cmp.Or(max(o.MaxAttempts, 0), DefaultMaxAttempts)
 	o.MaxAttempts = max(o.MaxAttempts, 2) // a key is handed over after a failed first attempt
-	if o.Backoff <= 0 {
-		o.Backoff = 100 * time.Millisecond
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = 30 * time.Second
-	}
-	if o.QueueSize <= 0 {
-		o.QueueSize = 10000
-	}
+	o.Backoff = cmp.Or(max(o.Backoff, 0), DefaultBackoff)
+	o.MaxBackoff = cmp.Or(max(o.MaxBackoff, 0), DefaultMaxBackoff)
+	o.QueueSize = cmp.Or(max(o.QueueSize, 0), DefaultQueueSize)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+}
+
+// NewKafka returns the Kafka retry path.
+func NewKafka(o KafkaOptions) *Kafka {
+	o.init()
 	writer := func(topic string) *kafka.Writer {
 		return &kafka.Writer{
 			Addr: kafka.TCP(o.Brokers...), Topic: topic, Balancer: &kafka.Hash{},
@@ -131,15 +144,29 @@ func (k *Kafka) Retry(ctx context.Context, keys []string, position string, cause
 	return g.done, nil
 }
 
-// RunProducer sends queued retries to Kafka until ctx ends, retrying while Kafka is
-// unreachable; the queue holds what waits meanwhile.
-func (k *Kafka) RunProducer(ctx context.Context) error {
-	defer k.writer.Close()
+// Run produces queued retries and, unless ProduceOnly, consumes the retry topic, until ctx
+// ends; then it closes its Kafka writers.
+func (k *Kafka) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); k.produce(ctx) }()
+	if !k.o.ProduceOnly {
+		wg.Add(1)
+		go func() { defer wg.Done(); k.consume(ctx) }()
+	}
+	wg.Wait()
+	k.writer.Close() // the worker writes later attempts with it too
+	k.dlq.Close()
+}
+
+// produce sends queued retries to Kafka until ctx ends, retrying while Kafka is unreachable;
+// the queue holds what waits meanwhile.
+func (k *Kafka) produce(ctx context.Context) {
 	for {
 		var batch []queued
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case q := <-k.queue:
 			batch = append(batch, q)
 		}
@@ -157,7 +184,7 @@ func (k *Kafka) RunProducer(ctx context.Context) error {
 			msgs[i] = q.msg
 		}
 		if err := k.write(ctx, k.writer, msgs); err != nil {
-			return nil // ctx ended; those keys were never acknowledged
+			return // ctx ended; those keys were never acknowledged
 		}
 		k.m.produced.Add(float64(len(batch)))
 		for _, q := range batch {
@@ -186,10 +213,10 @@ func (k *Kafka) write(ctx context.Context, w *kafka.Writer, msgs []kafka.Message
 	return nil
 }
 
-// RunWorker consumes the retry topic as a member of the group until ctx ends: it waits for each
+// consume consumes the retry topic as a member of the group until ctx ends: it waits for each
 // message's not-before time, deletes the key, produces the next attempt or the dead letter,
 // and only then commits the message's offset (at least once; deletes are idempotent).
-func (k *Kafka) RunWorker(ctx context.Context) error {
+func (k *Kafka) consume(ctx context.Context) {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: k.o.Brokers, GroupID: k.o.Group, Topic: k.o.Topic,
 		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 200 * time.Millisecond, StartOffset: kafka.FirstOffset,
@@ -197,12 +224,11 @@ func (k *Kafka) RunWorker(ctx context.Context) error {
 		ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
 	})
 	defer r.Close()
-	defer k.dlq.Close()
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			k.m.errors.WithLabelValues("fetch").Inc()
 			k.log.Warn("kafka fetch failed", "err", err)
@@ -211,7 +237,7 @@ func (k *Kafka) RunWorker(ctx context.Context) error {
 		}
 		k.m.consumed.Inc()
 		if err := k.handle(ctx, m); err != nil {
-			return nil // ctx ended before the work was done: not committed, so redelivered
+			return // ctx ended before the work was done: not committed, so redelivered
 		}
 		for {
 			err := r.CommitMessages(ctx, m)
@@ -219,7 +245,7 @@ func (k *Kafka) RunWorker(ctx context.Context) error {
 				break
 			}
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			k.m.errors.WithLabelValues("commit").Inc()
 			retry.Sleep(ctx, 200*time.Millisecond)

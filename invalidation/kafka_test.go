@@ -71,18 +71,13 @@ func (r *recorder) Invalidate(ctx context.Context, keys ...string) ([]string, er
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// runKafka runs a retry path's producer and worker until the test ends (or stop is called).
-func runKafka(t *testing.T, k *invalidation.Kafka, worker bool) (stop func()) {
+// runKafka runs a retry path until the test ends (or stop is called).
+func runKafka(t *testing.T, k *invalidation.Kafka) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); k.RunProducer(ctx) }()
-	if worker {
-		wg.Add(1)
-		go func() { defer wg.Done(); k.RunWorker(ctx) }()
-	}
+	done := make(chan struct{})
+	go func() { defer close(done); k.Run(ctx) }()
 	once := sync.Once{}
-	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
 }
@@ -92,7 +87,7 @@ func TestDeadLetterAfterExactlyMaxAttempts(t *testing.T) {
 	del := newRecorder("w", func(k string) bool { return k == "bad" })
 	k := invalidation.NewKafka(invalidation.KafkaOptions{Brokers: c.ListenAddrs(), Topic: retryTopic, DLQTopic: dlqTopic,
 		Group: "g1", MaxAttempts: 4, Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Deleter: del, Logger: quiet()})
-	runKafka(t, k, true)
+	runKafka(t, k)
 	inv := invalidation.New(invalidation.Options{Deleter: del, Retrier: k, Delay: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -131,10 +126,12 @@ func TestWorkersShareAGroupAndTakeOver(t *testing.T) {
 	}
 	a, b := newRecorder("a", nil), newRecorder("b", nil)
 	a.block["stuck"] = true // a takes this one and dies before finishing it
-	stopA := runKafka(t, invalidation.NewKafka(opts(a)), true)
-	runKafka(t, invalidation.NewKafka(opts(b)), true)
-	producer := invalidation.NewKafka(opts(nil))
-	runKafka(t, producer, false)
+	stopA := runKafka(t, invalidation.NewKafka(opts(a)))
+	runKafka(t, invalidation.NewKafka(opts(b)))
+	po := opts(nil)
+	po.ProduceOnly = true
+	producer := invalidation.NewKafka(po)
+	runKafka(t, producer)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 

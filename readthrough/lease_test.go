@@ -13,7 +13,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
@@ -59,18 +58,20 @@ func newRig(t *testing.T, hot bool) *rig {
 	t.Cleanup(func() { g.root.Close() })
 	g.exec("CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL)")
 	g.exec("INSERT INTO items VALUES (1, 'old'), (2, 'two')")
-	db, schema, err := mysqlsource.Open(config.MySQL{DSN: dsn, MaxOpenConns: 8})
+	db, schema, err := mysqlsource.Open(dsn, 8)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	if g.src, err = mysqlsource.New(ctx, db, schema, []config.Entity{{Name: "items", Table: "items"}}, 5*time.Second); err != nil {
+	if g.src, err = mysqlsource.New(ctx, db, schema, []mysqlsource.Spec{{Name: "items", Table: "items"}}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(g.src.Close)
 	g.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { g.rc.Close() })
-	g.entity = readthrough.Entity{Name: "items", Key: g.src.Entity("items").Key, TTL: time.Minute, NullTTL: time.Minute, Hot: hot}
+	key := g.src.Entity("items").Key
+	parse := func(raw string) (string, error) { return key.Parse(raw, 255) }
+	g.entity = readthrough.Entity{Name: "items", ParseID: parse, TTL: time.Minute, NullTTL: time.Minute, Hot: hot}
 	return g
 }
 

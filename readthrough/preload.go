@@ -22,6 +22,9 @@ type Scanner interface {
 	EstimateRows(ctx context.Context, entity string) (int64, error)
 }
 
+// DefaultBatch is PreloadOptions.Batch's default.
+const DefaultBatch = 1000
+
 // PreloadOptions configure Preload. Entity, Scanner and Leases are required.
 type PreloadOptions struct {
 	Entity  string
@@ -32,7 +35,7 @@ type PreloadOptions struct {
 	// IDs, when set, are the only ids warmed (canonical, as ParseID returns them); the filter is
 	// not rebuilt, but ids found are added to it. Nil: the whole table, and the filter is rebuilt.
 	IDs []string
-	// Batch is the ids per scan page, MySQL query and Redis pipeline. Default 1000.
+	// Batch is the ids per scan page, MySQL query and Redis pipeline. Default DefaultBatch.
 	Batch int
 	// Rate caps the rows read from MySQL per second. 0: no cap.
 	Rate float64
@@ -84,7 +87,7 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 	}
 	batch := opts.Batch
 	if batch <= 0 {
-		batch = 1000
+		batch = DefaultBatch
 	}
 	st := PreloadStats{Entity: e.Name}
 	start := time.Now()

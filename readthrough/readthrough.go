@@ -17,7 +17,6 @@ import (
 
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/internal/keys"
-	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/lease"
 	"github.com/sidecache/sidecache/singleflight"
 )
@@ -26,8 +25,9 @@ import (
 var (
 	ErrNotFound      = errors.New("not found")
 	ErrUnknownEntity = errors.New("unknown entity")
-	ErrInvalidID     = mysqlsource.ErrInvalidID
-	ErrTooManyIDs    = errors.New("too many ids")
+	// ErrInvalidID reports an id that cannot be a value of the entity's key.
+	ErrInvalidID  = errors.New("invalid id")
+	ErrTooManyIDs = errors.New("too many ids")
 	// ErrCacheUnavailable wraps a Redis failure on the way to an answer.
 	ErrCacheUnavailable = errors.New("cache unavailable")
 	// ErrDBUnavailable wraps a MySQL failure while loading a miss.
@@ -70,8 +70,9 @@ type Source interface {
 // Entity is what the read path knows of an entity.
 type Entity struct {
 	Name string
-	// Key validates ids.
-	Key mysqlsource.Key
+	// ParseID validates a raw id from a request and returns its canonical form, the one cache
+	// keys and the Source use. Its errors wrap ErrInvalidID. Required.
+	ParseID func(raw string) (string, error)
 	// TTL and NullTTL are spread by ±Jitter (a fraction in [0, 1)).
 	TTL, NullTTL time.Duration
 	Jitter       float64
@@ -86,6 +87,23 @@ type Entity struct {
 	BloomParams bloom.Params
 }
 
+// Defaults of Options.
+const (
+	DefaultMaxIDs              = 100
+	DefaultLoadTimeout         = 5 * time.Second
+	DefaultLeaseWait           = 2 * time.Second
+	DefaultFallbackConcurrency = 4
+	DefaultMaxRefreshes        = 16
+	DefaultBypassConcurrency   = 16
+)
+
+// Defaults of Entity, which the configuration applies.
+const (
+	DefaultTTL     = 10 * time.Minute
+	DefaultNullTTL = time.Minute
+	DefaultJitter  = 0.1
+)
+
 // Options configure a Reader. Cache, Source and Entities are required.
 type Options struct {
 	Cache    Cache
@@ -93,31 +111,33 @@ type Options struct {
 	Entities []Entity
 	// KeyPrefix starts every cache key. Default none.
 	KeyPrefix string
-	// MaxIDs bounds a multi-get. Default 100.
+	// MaxIDs bounds a multi-get. Default DefaultMaxIDs.
 	MaxIDs int
-	// MaxIDLength bounds string ids, in bytes. Default 255.
-	MaxIDLength int
-	// LoadTimeout bounds a miss: waiting for the flight, the load and the fill. Default 5s.
-	// (A hit is one cache call, bounded by the cache client's own timeouts.)
+	// LoadTimeout bounds a miss: waiting for the flight, the load and the fill. Default
+	// DefaultLoadTimeout. (A hit is one cache call, bounded by the cache client's own timeouts.)
 	LoadTimeout time.Duration
 	// Filters are the Bloom filters; nil: no penetration guard.
 	Filters *bloom.Filters
 	// Leases make one load per key hold across processes. Nil: in-process flights only.
 	Leases *lease.Leases
-	// LeaseWait bounds how long a caller waits for another's load before Fallback. Default 2s.
+	// LeaseWait bounds how long a caller waits for another's load before Fallback. Default
+	// DefaultLeaseWait.
 	LeaseWait time.Duration
 	// Fallback after LeaseWait. Default FallbackLoad.
 	Fallback Fallback
-	// FallbackConcurrency caps direct loads by FallbackLoad in this process. Default 4.
+	// FallbackConcurrency caps direct loads by FallbackLoad in this process. Default
+	// DefaultFallbackConcurrency.
 	FallbackConcurrency int
-	// MaxRefreshes caps concurrent background refreshes of stale hot values. Default 16.
+	// MaxRefreshes caps concurrent background refreshes of stale hot values. Default
+	// DefaultMaxRefreshes.
 	MaxRefreshes int
 	// Covered, if set, says whether the binlog tail covers an entity: every change to its table
 	// is invalidated. While it says no, the entity's reads bypass the cache (MySQL directly,
 	// X-Cache: bypass, nothing read from or written to Redis): a row cached then could outlive
 	// a change no invalidation will ever delete. Nil: always covered.
 	Covered func(entity string) bool
-	// BypassConcurrency caps MySQL loads of uncovered entities in this process. Default 16.
+	// BypassConcurrency caps MySQL loads of uncovered entities in this process. Default
+	// DefaultBypassConcurrency.
 	BypassConcurrency int
 	// AfterLoad, if set, runs after rows are read from MySQL and before they are cached. Tests
 	// use it to interleave a write with a load.
@@ -134,7 +154,6 @@ type Reader struct {
 	source   Source
 	prefix   string
 	maxIDs   int
-	maxIDLen int
 	timeout  time.Duration
 	log      *slog.Logger
 	entities map[string]*entity
@@ -168,14 +187,30 @@ type Result struct {
 	Status Status
 }
 
+// init fills the defaults.
+func (o *Options) init() {
+	o.MaxIDs = cmp.Or(max(o.MaxIDs, 0), DefaultMaxIDs)
+	o.LoadTimeout = cmp.Or(max(o.LoadTimeout, 0), DefaultLoadTimeout)
+	o.LeaseWait = cmp.Or(max(o.LeaseWait, 0), DefaultLeaseWait)
+	o.FallbackConcurrency = cmp.Or(max(o.FallbackConcurrency, 0), DefaultFallbackConcurrency)
+	o.MaxRefreshes = cmp.Or(max(o.MaxRefreshes, 0), DefaultMaxRefreshes)
+	o.BypassConcurrency = cmp.Or(max(o.BypassConcurrency, 0), DefaultBypassConcurrency)
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
 // New returns a Reader.
 func New(opts Options) *Reader {
+	opts.init()
 	r := &Reader{
 		cache:    opts.Cache,
 		source:   opts.Source,
 		prefix:   opts.KeyPrefix,
 		maxIDs:   opts.MaxIDs,
-		maxIDLen: opts.MaxIDLength,
 		timeout:  opts.LoadTimeout,
 		log:      opts.Logger,
 		entities: make(map[string]*entity, len(opts.Entities)),
@@ -186,34 +221,16 @@ func New(opts Options) *Reader {
 		fallback:  opts.Fallback,
 		afterLoad: opts.AfterLoad,
 		covered:   opts.Covered,
-	}
-	r.bypassing = make(chan struct{}, cmp.Or(opts.BypassConcurrency, 16))
-	if r.wait <= 0 {
-		r.wait = 2 * time.Second
-	}
-	r.direct = make(chan struct{}, cmp.Or(opts.FallbackConcurrency, 4))
-	r.refreshSlots = make(chan struct{}, cmp.Or(opts.MaxRefreshes, 16))
-	if r.maxIDs <= 0 {
-		r.maxIDs = 100
-	}
-	if r.maxIDLen <= 0 {
-		r.maxIDLen = 255
-	}
-	if r.timeout <= 0 {
-		r.timeout = 5 * time.Second
-	}
-	if r.log == nil {
-		r.log = slog.Default()
-	}
-	m := opts.Metrics
-	if m == nil {
-		m = NewMetrics(nil)
+
+		direct:       make(chan struct{}, opts.FallbackConcurrency),
+		refreshSlots: make(chan struct{}, opts.MaxRefreshes),
+		bypassing:    make(chan struct{}, opts.BypassConcurrency),
 	}
 	for _, e := range opts.Entities {
 		if e.Hot && e.StaleTTL <= 0 {
 			e.StaleTTL = e.TTL
 		}
-		r.entities[e.Name] = &entity{Entity: e, m: m.forEntity(e.Name)}
+		r.entities[e.Name] = &entity{Entity: e, m: opts.Metrics.forEntity(e.Name)}
 	}
 	return r
 }
@@ -236,7 +253,7 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 	if e == nil {
 		return Result{}, fmt.Errorf("%w: %q", ErrUnknownEntity, entityName)
 	}
-	id, err := e.Key.Parse(rawID, r.maxIDLen)
+	id, err := e.parse(rawID)
 	if err != nil {
 		return Result{}, err
 	}
@@ -292,7 +309,16 @@ func (r *Reader) ParseID(entityName, raw string) (string, error) {
 	if e == nil {
 		return "", fmt.Errorf("%w: %q", ErrUnknownEntity, entityName)
 	}
-	return e.Key.Parse(raw, r.maxIDLen)
+	return e.parse(raw)
+}
+
+// parse validates a raw id with the entity's ParseID.
+func (e *entity) parse(raw string) (string, error) {
+	id, err := e.ParseID(raw)
+	if err != nil && !errors.Is(err, ErrInvalidID) {
+		err = fmt.Errorf("%w: %w", ErrInvalidID, err)
+	}
+	return id, err
 }
 
 // answer turns a cached value into a result; ok is false for a miss.
@@ -388,7 +414,7 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 	ids := make([]string, 0, len(rawIDs))
 	seen := make(map[string]bool, len(rawIDs))
 	for _, raw := range rawIDs {
-		id, err := e.Key.Parse(raw, r.maxIDLen)
+		id, err := e.parse(raw)
 		if err != nil {
 			return Many{}, err
 		}

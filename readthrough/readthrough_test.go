@@ -68,7 +68,9 @@ func (c noCache) SetMany(context.Context, []readthrough.Entry) error {
 }
 
 var items = readthrough.Entity{
-	Name: "items", Key: mysqlsource.Key{Kind: mysqlsource.KeyUint, Bits: 64},
+	Name: "items", ParseID: func(raw string) (string, error) {
+		return mysqlsource.Key{Kind: mysqlsource.KeyUint, Bits: 64}.Parse(raw, 255)
+	},
 	TTL: time.Minute, NullTTL: 10 * time.Second, Jitter: 0.2,
 }
 

@@ -48,21 +48,21 @@ func (r *rebuilds) request(entity string) {
 
 // run rebuilds what is requested and, every ten seconds while this process leads the binlog
 // tail, whatever filter it finds missing, until ctx ends.
-func (r *rebuilds) run(ctx context.Context) error {
+func (r *rebuilds) run(ctx context.Context) {
 	if r.s.filters == nil {
-		return nil
+		return
 	}
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-r.wake:
 			// Resets come in bursts (a table swap is several statements): wait for the burst to
 			// end, so that one rebuild serves it.
 			if retry.Sleep(ctx, time.Second) != nil {
-				return nil
+				return
 			}
 		case <-tick.C:
 			if r.s.tail.Leading() {

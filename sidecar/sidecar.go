@@ -3,6 +3,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -10,10 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
-	mysqldrv "github.com/go-sql-driver/mysql"
+	_ "github.com/go-sql-driver/mysql" // the cdc checks' connection
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
@@ -41,68 +41,146 @@ type Options struct {
 	Version string
 }
 
+func (o *Options) init() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	o.Version = cmp.Or(o.Version, "dev")
+}
+
 // Sidecar is a configured, connected sidecache.
 type Sidecar struct {
 	cfg      *config.Config
 	log      *slog.Logger
-	db       *sql.DB
-	redis    redis.UniversalClient
 	source   *mysqlsource.Source
-	reader   *readthrough.Reader
+	redis    redis.UniversalClient
+	faults   *faults.Faults // nil unless configured
 	leases   *lease.Leases
 	filters  *bloom.Filters // nil when no entity has a filter
+	reader   *readthrough.Reader
 	inval    *invalidation.Invalidator
+	kafka    *invalidation.Kafka // nil unless kafka.brokers
 	tail     *cdc.Tail           // nil unless cdc.enabled
 	rebuilds *rebuilds           // Bloom filter rebuilds the binlog tail's leader runs
-	kafka    *invalidation.Kafka // nil unless kafka.brokers
-	faults   *faults.Faults      // nil unless configured
-	cdcDB    *sql.DB
 	handler  http.Handler
+	cleanups []func() error // run by Close, last first
 }
 
-// New connects to MySQL, checks every entity against its schema, and prepares the read path.
-// Redis need not be up yet: /readyz reports it and requests answer 503 until it is.
-func New(ctx context.Context, opts Options) (*Sidecar, error) {
-	cfg := opts.Config
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
+// New connects to MySQL, checks every entity against its schema, and prepares the read path,
+// the invalidation path and, with cdc.enabled, the binlog tail. Redis need not be up yet:
+// /readyz reports it and requests answer 503 until it is.
+func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
+	opts.init()
+	cfg, reg := opts.Config, opts.Registry
+	s := &Sidecar{cfg: cfg, log: opts.Logger}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.warnBloomWithoutCDC()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // the start-up checks
+	defer cancel()
+
+	source, schema, cleanup, err := openMySQL(ctx, cfg)
+	if err != nil {
+		return nil, err
 	}
-	reg := opts.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
+	s.source = source
+	s.cleanups = append(s.cleanups, cleanup)
+	s.logEntities()
+
+	s.redis, s.faults = openRedis(cfg, reg, s.log)
+	s.cleanups = append(s.cleanups, s.redis.Close)
+	s.leases = lease.New(s.redis, cfg.Lease.TTL.D())
+	if cfg.AnyBloom() {
+		s.filters = bloom.New(s.redis, cfg.Redis.KeyPrefix)
+		reg.MustRegister(&bloomCollector{filters: s.filters, cfg: cfg})
 	}
-	version := opts.Version
-	if version == "" {
-		version = "dev"
+	s.rebuilds = newRebuilds(s, reg)
+	s.reader = s.newReader(reg)
+	s.cleanups = append(s.cleanups, func() error { s.reader.Close(); return nil })
+	s.inval, s.kafka = s.newInvalidation(reg)
+	if cfg.CDC.Enabled {
+		if s.tail, cleanup, err = s.newTail(ctx, reg, schema); err != nil {
+			return nil, err
+		}
+		s.cleanups = append(s.cleanups, cleanup)
 	}
-	anyBloom := false
-	for _, e := range cfg.Entities {
+
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sidecache_build_info", Help: "Always 1; the version label says which build runs.",
+	}, []string{"version"})
+	reg.MustRegister(buildInfo)
+	buildInfo.WithLabelValues(opts.Version).Set(1)
+	a := &api{
+		inval:   s,
+		reader:  s.reader,
+		log:     s.log,
+		metrics: newHTTPMetrics(reg, cfg.EntityNames()),
+		ready:   s.Ready,
+		status:  s.Status,
+	}
+	s.handler = a.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return s, nil
+}
+
+// warnBloomWithoutCDC warns of filters that nothing but a preload fills.
+func (s *Sidecar) warnBloomWithoutCDC() {
+	if s.cfg.CDC.Enabled {
+		return
+	}
+	for _, e := range s.cfg.Entities {
 		if e.Bloom.Enabled {
-			anyBloom = true
-			if !cfg.CDC.Enabled {
-				log.Warn("bloom: without the binlog tail (cdc.enabled) nothing adds rows inserted after the last "+
-					"`sidecache preload`; such rows are answered 404 until the next preload", "entity", e.Name)
-			}
+			s.log.Warn("bloom: without the binlog tail (cdc.enabled) nothing adds rows inserted after the last "+
+				"`sidecache preload`; such rows are answered 404 until the next preload", "entity", e.Name)
 		}
 	}
+}
 
-	db, schema, err := mysqlsource.Open(cfg.MySQL)
+// openMySQL opens the read path's connections and checks every entity against the schema. It
+// returns the source, the database the DSN names, and the cleanup that closes them.
+func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, string, func() error, error) {
+	db, schema, err := mysqlsource.Open(cfg.MySQL.DSN, cfg.MySQL.MaxOpenConns)
 	if err != nil {
-		return nil, err
+		return nil, "", nil, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := db.PingContext(pctx); err != nil {
+	if err := db.PingContext(ctx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("mysql: cannot connect: %w", err)
+		return nil, "", nil, fmt.Errorf("mysql: cannot connect: %w", err)
 	}
-	source, err := mysqlsource.New(pctx, db, schema, cfg.Entities, cfg.MySQL.QueryTimeout.D())
+	specs := make([]mysqlsource.Spec, len(cfg.Entities))
+	for i, e := range cfg.Entities {
+		specs[i] = mysqlsource.Spec{Name: e.Name, Table: e.Table, Key: e.Key, Columns: e.Columns}
+	}
+	source, err := mysqlsource.New(ctx, db, schema, specs, cfg.MySQL.QueryTimeout.D())
 	if err != nil {
 		db.Close()
-		return nil, err
+		return nil, "", nil, err
 	}
+	return source, schema, func() error { source.Close(); return db.Close() }, nil
+}
 
+// logEntities logs each entity as the schema has it, and warns of foreign-key cascades.
+func (s *Sidecar) logEntities() {
+	for _, ce := range s.cfg.Entities {
+		se := s.source.Entity(ce.Name)
+		s.log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
+		for _, c := range se.Cascades {
+			s.log.Warn("foreign-key cascade: the server changes this table's rows through it without binlog row events, "+
+				"so those changes are not invalidated; see the README on foreign keys",
+				"entity", ce.Name, "table", se.Table, "constraint", c.Constraint, "parent", c.Parent,
+				"on_delete", c.OnDelete, "on_update", c.OnUpdate)
+		}
+	}
+}
+
+// openRedis returns the Redis client (a Redis Cluster client for more than one address), with
+// the fault injection hooked in when configured. It does not connect yet.
+func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (redis.UniversalClient, *faults.Faults) {
 	rc := redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:         cfg.Redis.Addrs,
 		IsClusterMode: len(cfg.Redis.Addrs) > 1,
@@ -114,118 +192,107 @@ func New(ctx context.Context, opts Options) (*Sidecar, error) {
 		PoolSize:      cfg.Redis.PoolSize,
 		MaxRetries:    1,
 	})
-	var inject *faults.Faults
-	if cfg.Faults.Enabled() {
-		inject = faults.New(cfg.Faults.DeleteFailureRate, cfg.Faults.DeleteLatency.D(), reg)
-		rc.AddHook(inject.Hook())
-		log.Warn("fault injection is on", "delete_failure_rate", cfg.Faults.DeleteFailureRate,
-			"delete_latency", cfg.Faults.DeleteLatency.D().String(), "admin_listen", cfg.Faults.AdminListen)
+	if !cfg.Faults.Enabled() {
+		return rc, nil
 	}
+	inject := faults.New(cfg.Faults.DeleteFailureRate, cfg.Faults.DeleteLatency.D(), reg)
+	rc.AddHook(inject.Hook())
+	log.Warn("fault injection is on", "delete_failure_rate", cfg.Faults.DeleteFailureRate,
+		"delete_latency", cfg.Faults.DeleteLatency.D().String(), "admin_listen", cfg.Faults.AdminListen)
+	return rc, inject
+}
 
-	entities := make([]readthrough.Entity, 0, len(cfg.Entities))
-	names := make([]string, 0, len(cfg.Entities))
-	for _, ce := range cfg.Entities {
-		se := source.Entity(ce.Name)
-		params, err := bloom.Size(ce.Bloom.ExpectedItems, ce.Bloom.FPRate)
-		if err != nil {
-			rc.Close()
-			source.Close()
-			db.Close()
-			return nil, fmt.Errorf("%w: entity %q: bloom: %v", config.ErrInvalid, ce.Name, err)
-		}
-		entities = append(entities, readthrough.Entity{
-			Name: ce.Name, Key: se.Key, TTL: ce.TTL.D(), NullTTL: ce.NullTTL.D(), Jitter: *ce.TTLJitter,
-			Hot: ce.Hot, StaleTTL: ce.StaleTTL.D(), Bloom: ce.Bloom.Enabled, BloomParams: params,
-		})
-		names = append(names, ce.Name)
-		log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
-		for _, c := range se.Cascades {
-			log.Warn("foreign-key cascade: the server changes this table's rows through it without binlog row events, "+
-				"so those changes are not invalidated; see the README on foreign keys",
-				"entity", ce.Name, "table", se.Table, "constraint", c.Constraint, "parent", c.Parent,
-				"on_delete", c.OnDelete, "on_update", c.OnUpdate)
+// newReader is the read path over the source and Redis.
+func (s *Sidecar) newReader(reg prometheus.Registerer) *readthrough.Reader {
+	cfg := s.cfg
+	entities := make([]readthrough.Entity, len(cfg.Entities))
+	for i, ce := range cfg.Entities {
+		key, maxLen := s.source.Entity(ce.Name).Key, cfg.Limits.MaxIDLength
+		entities[i] = readthrough.Entity{
+			Name: ce.Name, ParseID: func(raw string) (string, error) { return key.Parse(raw, maxLen) },
+			TTL: ce.TTL.D(), NullTTL: ce.NullTTL.D(), Jitter: *ce.TTLJitter,
+			Hot: ce.Hot, StaleTTL: ce.StaleTTL.D(), Bloom: ce.Bloom.Enabled, BloomParams: ce.Bloom.Params,
 		}
 	}
-	s := &Sidecar{cfg: cfg, log: log, db: db, redis: rc, source: source, faults: inject}
-	// Preloads always warm under leases; the read path uses them unless turned off.
-	s.leases = lease.New(rc, cfg.Lease.TTL.D())
-	var leases *lease.Leases
-	if *cfg.Lease.Enabled {
-		leases = s.leases
-	}
-	if anyBloom {
-		s.filters = bloom.New(rc, cfg.Redis.KeyPrefix)
-		reg.MustRegister(&bloomCollector{filters: s.filters, cfg: cfg})
-	}
-	fallback := readthrough.FallbackLoad
-	if cfg.Lease.Fallback == "unavailable" {
-		fallback = readthrough.FallbackUnavailable
-	}
-	var covered func(string) bool
-	if cfg.CDC.Enabled {
-		// Set by startCDC below, before any request is served.
-		covered = func(entity string) bool { return s.tail.Covered(entity) }
-	}
-	s.reader = readthrough.New(readthrough.Options{
-		Cache:       readthrough.NewRedisCache(rc),
-		Source:      source,
-		Entities:    entities,
-		KeyPrefix:   cfg.Redis.KeyPrefix,
-		MaxIDs:      cfg.Limits.MaxIDs,
-		MaxIDLength: cfg.Limits.MaxIDLength,
-		LoadTimeout: cfg.Limits.RequestTimeout.D(),
-		Filters:     s.filters,
-		Leases:      leases,
-		LeaseWait:   cfg.Lease.Wait.D(),
-		Fallback:    fallback,
-
+	o := readthrough.Options{
+		Cache:               readthrough.NewRedisCache(s.redis),
+		Source:              s.source,
+		Entities:            entities,
+		KeyPrefix:           cfg.Redis.KeyPrefix,
+		MaxIDs:              cfg.Limits.MaxIDs,
+		LoadTimeout:         cfg.Limits.RequestTimeout.D(),
+		Filters:             s.filters,
+		LeaseWait:           cfg.Lease.Wait.D(),
 		FallbackConcurrency: cfg.Lease.FallbackConcurrency,
-		Covered:             covered,
 		BypassConcurrency:   cfg.MySQL.MaxOpenConns,
 		Metrics:             readthrough.NewMetrics(reg),
-		Logger:              log,
-	})
-	s.rebuilds = newRebuilds(s, reg)
-	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "sidecache_build_info", Help: "Always 1; the version label says which build runs.",
-	}, []string{"version"})
-	reg.MustRegister(buildInfo)
-	buildInfo.WithLabelValues(version).Set(1)
-
-	var retrier invalidation.Retrier
-	deleter := invalidation.NewRedis(rc)
-	if len(cfg.Kafka.Brokers) > 0 {
-		s.kafka = invalidation.NewKafka(invalidation.KafkaOptions{
-			Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.RetryTopic, DLQTopic: cfg.Kafka.DLQTopic, Group: cfg.Kafka.Group,
-			MaxAttempts: cfg.Kafka.MaxAttempts, Backoff: cfg.Kafka.Backoff.D(), MaxBackoff: cfg.Kafka.MaxBackoff.D(),
-			QueueSize: cfg.Kafka.QueueSize, Deleter: deleter, Registerer: reg, Logger: log,
-		})
-		retrier = s.kafka
+		Logger:              s.log,
 	}
-	io := invalidation.Options{
-		Deleter: deleter, Dropper: deleter, Prefix: cfg.Redis.KeyPrefix, Retrier: retrier,
-		Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: log,
+	if *cfg.Lease.Enabled {
+		o.Leases = s.leases // preloads warm under leases either way
+	}
+	if cfg.Lease.Fallback == "unavailable" {
+		o.Fallback = readthrough.FallbackUnavailable
+	}
+	if cfg.CDC.Enabled {
+		// s.tail is set before any request is served.
+		o.Covered = func(entity string) bool { return s.tail.Covered(entity) }
+	}
+	return readthrough.New(o)
+}
+
+// newInvalidation is the invalidation path: deletes on Redis, failed ones retried through
+// Kafka when brokers are configured (kafka is nil otherwise).
+func (s *Sidecar) newInvalidation(reg prometheus.Registerer) (*invalidation.Invalidator, *invalidation.Kafka) {
+	cfg := s.cfg
+	deleter := invalidation.NewRedis(s.redis)
+	o := invalidation.Options{
+		Deleter: deleter, Dropper: deleter, Prefix: cfg.Redis.KeyPrefix,
+		Delay: cfg.CDC.DoubleDeleteDelay.D(), Registerer: reg, Logger: s.log,
 	}
 	if s.filters != nil {
-		io.Filters, io.OnReset = s.filters, s.rebuilds.request
+		o.Filters, o.OnReset = s.filters, s.rebuilds.request
 	}
-	s.inval = invalidation.New(io)
-	if cfg.CDC.Enabled {
-		if err := s.startCDC(pctx, reg, schema); err != nil {
-			s.Close()
-			return nil, err
-		}
+	var k *invalidation.Kafka
+	if len(cfg.Kafka.Brokers) > 0 {
+		k = invalidation.NewKafka(invalidation.KafkaOptions{
+			Brokers: cfg.Kafka.Brokers, Topic: cfg.Kafka.RetryTopic, DLQTopic: cfg.Kafka.DLQTopic, Group: cfg.Kafka.Group,
+			MaxAttempts: cfg.Kafka.MaxAttempts, Backoff: cfg.Kafka.Backoff.D(), MaxBackoff: cfg.Kafka.MaxBackoff.D(),
+			QueueSize: cfg.Kafka.QueueSize, Deleter: deleter, Registerer: reg, Logger: s.log,
+		})
+		o.Retrier = k
 	}
-	a := &api{
-		inval:   s,
-		reader:  s.reader,
-		log:     log,
-		metrics: newHTTPMetrics(reg, names),
-		ready:   s.Ready,
-		status:  s.Status,
+	return invalidation.New(o), k
+}
+
+// newTail prepares the binlog tail of the entities' tables, with a connection of its own for
+// its checks, and runs the checks. The cleanup closes the connection.
+func (s *Sidecar) newTail(ctx context.Context, reg prometheus.Registerer, schema string) (*cdc.Tail, func() error, error) {
+	cfg := s.cfg
+	db, err := sql.Open("mysql", cfg.CDC.DSN)
+	if err != nil {
+		return nil, nil, err
 	}
-	s.handler = a.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	return s, nil
+	tables := map[string][]cdc.Target{}
+	for _, ce := range cfg.Entities {
+		se := s.source.Entity(ce.Name)
+		tables[se.Table] = append(tables[se.Table], cdc.Target{
+			Entity: ce.Name, KeyColumn: se.KeyName, KeyIndex: se.KeyOrdinal,
+			Unsigned: se.Key.Kind == mysqlsource.KeyUint, Bits: se.Key.Bits, Bloom: ce.Bloom.Enabled,
+		})
+	}
+	conn := cfg.CDC.Conn
+	tail := cdc.New(cdc.Options{
+		Flavor: cfg.CDC.Flavor, ServerID: cfg.CDC.ServerID, Host: conn.Host, Port: conn.Port,
+		User: conn.User, Password: conn.Password, Schema: schema, Tables: tables, Prefix: cfg.Redis.KeyPrefix,
+		DB: db, Redis: s.redis, Invalidator: s.inval,
+		OnBinlogGone: cfg.CDC.OnBinlogGone, LeaderTTL: cfg.CDC.LeaderTTL.D(), Registerer: reg, Logger: s.log,
+	})
+	if err := tail.Check(ctx); err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return tail, db.Close, nil
 }
 
 // Handler returns the HTTP API.
@@ -243,7 +310,7 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
 	defer cancel()
 	change := invalidation.Change{Keys: []string{keys.Value(s.cfg.Redis.KeyPrefix, entity, id)}}
-	if s.cfg.Entity(entity).Bloom.Enabled {
+	if s.filters != nil && s.cfg.Entity(entity).Bloom.Enabled {
 		change.Adds = map[string][]string{entity: {id}}
 	}
 	first, _, err := s.inval.Submit(ctx, change)
@@ -304,7 +371,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
-// Serve is Run on a listener the caller opened.
+// Serve is Run on a listener the caller opened. The background workers (second deletes, the
+// binlog tail, filter rebuilds, the Kafka retry path, the fault admin endpoint) run under one
+// errgroup beside the server: they outlive ctx until in-flight requests are drained, since a
+// request may wait on them, and the first of them to fail stops everything with its error.
 func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.handler,
@@ -319,100 +389,79 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	if s.faults != nil && s.cfg.Faults.AdminListen != "" {
 		var err error
 		if adminLn, err = net.Listen("tcp", s.cfg.Faults.AdminListen); err != nil {
+			ln.Close()
 			return fmt.Errorf("faults.admin_listen: %w", err)
 		}
 	}
-	// The invalidator's second deletes, the binlog tail, the Kafka retry path and the fault
-	// admin endpoint run beside the server and stop with it.
 	wctx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
-	var workers errgroup.Group
-	workers.Go(func() error { return s.inval.Run(wctx) })
+	defer stopWorkers()
+	g, gctx := errgroup.WithContext(wctx)
+	g.Go(func() error { s.inval.Run(gctx); return nil })
+	g.Go(func() error { s.checkEvictionPolicy(gctx); return nil })
 	if s.tail != nil {
-		workers.Go(func() error { return s.tail.Run(wctx) })
-		workers.Go(func() error { return s.rebuilds.run(wctx) })
+		g.Go(func() error { s.tail.Run(gctx); return nil })
+		g.Go(func() error { s.rebuilds.run(gctx); return nil })
 	}
-	workers.Go(func() error { s.checkEvictionPolicy(wctx); return nil })
 	if s.kafka != nil {
-		workers.Go(func() error { return s.kafka.RunProducer(wctx) })
-		workers.Go(func() error { return s.kafka.RunWorker(wctx) })
+		g.Go(func() error { s.kafka.Run(gctx); return nil })
 	}
 	if adminLn != nil {
-		aln := adminLn
-		admin := &http.Server{Handler: s.faults.Handler(), ReadHeaderTimeout: 5 * time.Second}
-		workers.Go(func() error { admin.Serve(aln); return nil })
-		workers.Go(func() error { <-wctx.Done(); return admin.Close() })
-		s.log.Info("fault injection admin endpoint", "addr", aln.Addr().String())
+		g.Go(func() error {
+			return serveUntil(gctx, &http.Server{Handler: s.faults.Handler(), ReadHeaderTimeout: 5 * time.Second}, adminLn, 0)
+		})
+		s.log.Info("fault injection admin endpoint", "addr", adminLn.Addr().String())
 	}
-	defer func() {
-		stopWorkers()
-		workers.Wait()
-	}()
+	g.Go(func() error {
+		defer stopWorkers() // the workers stop once requests are drained
+		s.log.Info("serving", "addr", ln.Addr().String(), "entities", len(s.cfg.Entities))
+		stop, cancel := context.WithCancel(gctx)
+		defer cancel()
+		defer context.AfterFunc(ctx, func() {
+			s.log.Info("shutting down: draining in-flight requests", "timeout", s.cfg.ShutdownTimeout.D().String())
+			cancel()
+		})()
+		return serveUntil(stop, srv, ln, s.cfg.ShutdownTimeout.D())
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	s.log.Info("stopped")
+	return nil
+}
 
+// serveUntil serves srv on ln until ctx ends, then shuts it down, draining in-flight requests
+// for up to drain (0: closing at once). It returns the server's failure, or the drain's.
+func serveUntil(ctx context.Context, srv *http.Server, ln net.Listener, drain time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	s.log.Info("serving", "addr", ln.Addr().String(), "entities", len(s.cfg.Entities))
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	s.log.Info("shutting down: draining in-flight requests", "timeout", s.cfg.ShutdownTimeout.D().String())
-	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout.D())
-	defer cancel()
-	err := srv.Shutdown(sctx)
+	var err error
+	if drain > 0 {
+		sctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		err = srv.Shutdown(sctx)
+	} else {
+		err = srv.Close()
+	}
 	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && err == nil {
 		err = serr
 	}
 	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
-	s.log.Info("stopped")
 	return nil
 }
 
-// Close waits for background refreshes and releases connections.
+// Close waits for background refreshes and releases every connection New opened.
 func (s *Sidecar) Close() error {
-	s.reader.Close()
-	s.source.Close()
-	var cdcErr error
-	if s.cdcDB != nil {
-		cdcErr = s.cdcDB.Close()
+	var errs []error
+	for i := len(s.cleanups) - 1; i >= 0; i-- {
+		errs = append(errs, s.cleanups[i]())
 	}
-	return errors.Join(s.redis.Close(), s.db.Close(), cdcErr)
-}
-
-// startCDC prepares the binlog tail: the tables of the configured entities, a connection for
-// its checks, and the checks themselves.
-func (s *Sidecar) startCDC(ctx context.Context, reg prometheus.Registerer, schema string) error {
-	cfg := s.cfg
-	dc, err := mysqldrv.ParseDSN(cfg.CDC.DSN)
-	if err != nil {
-		return fmt.Errorf("%w: cdc.dsn: %v", config.ErrInvalid, err)
-	}
-	host, portStr, err := net.SplitHostPort(dc.Addr)
-	if err != nil {
-		return fmt.Errorf("%w: cdc.dsn: %v", config.ErrInvalid, err)
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return fmt.Errorf("%w: cdc.dsn: port %q", config.ErrInvalid, portStr)
-	}
-	if s.cdcDB, err = sql.Open("mysql", cfg.CDC.DSN); err != nil {
-		return err
-	}
-	tables := map[string][]cdc.Target{}
-	for _, ce := range cfg.Entities {
-		se := s.source.Entity(ce.Name)
-		tables[se.Table] = append(tables[se.Table], cdc.Target{
-			Entity: ce.Name, KeyColumn: se.KeyName, KeyIndex: se.KeyOrdinal,
-			Unsigned: se.Key.Kind == mysqlsource.KeyUint, Bits: se.Key.Bits, Bloom: ce.Bloom.Enabled,
-		})
-	}
-	s.tail = cdc.New(cdc.Options{
-		Flavor: cfg.CDC.Flavor, ServerID: cfg.CDC.ServerID, Host: host, Port: uint16(port),
-		User: dc.User, Password: dc.Passwd, Schema: schema, Tables: tables, Prefix: cfg.Redis.KeyPrefix,
-		DB: s.cdcDB, Redis: s.redis, Invalidator: s.inval,
-		OnBinlogGone: cfg.CDC.OnBinlogGone, LeaderTTL: cfg.CDC.LeaderTTL.D(), Registerer: reg, Logger: s.log,
-	})
-	return s.tail.Check(ctx)
+	s.cleanups = nil
+	return errors.Join(errs...)
 }

@@ -950,6 +950,12 @@ func (w *chaosWorkload) inject(ev chaosEvent, rng *rand.Rand) string {
 	case chaosSwap:
 		tb := w.tables[ev.table]
 		what, err := w.swap(tb, rng)
+		// Copying a table under concurrent writes can deadlock with them; the server rolled the
+		// copy back, so the swap runs again rather than go missing from the run.
+		var me *mysql.MySQLError
+		for try := 1; try < 5 && errors.As(err, &me) && me.Number == 1213; try++ {
+			what, err = w.swap(tb, rng)
+		}
 		if err != nil {
 			t.Errorf("swap %s: %v", tb.name, err)
 			return ""

@@ -1,6 +1,7 @@
-// Package config loads and validates sidecache's YAML configuration. Load fills every default
-// in one place (applyDefaults) and reports the first problem as one line naming the file, the
-// entity and the field.
+// Package config loads and validates sidecache's YAML configuration: it maps the file onto the
+// fields the packages' Options take, fills in their defaults (applyDefaults, from the constants
+// of the package each default belongs to) and reports the first problem as one line naming the
+// file, the entity and the field.
 package config
 
 import (
@@ -11,13 +12,20 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
 	"gopkg.in/yaml.v3"
 
+	"github.com/sidecache/sidecache/bloom"
+	"github.com/sidecache/sidecache/cdc"
 	"github.com/sidecache/sidecache/internal/faults"
+	"github.com/sidecache/sidecache/internal/mysqlsource"
+	"github.com/sidecache/sidecache/invalidation"
+	"github.com/sidecache/sidecache/lease"
+	"github.com/sidecache/sidecache/readthrough"
 )
 
 // ErrInvalid marks every configuration error; errors.Is(err, ErrInvalid) tells them apart from I/O.
@@ -164,6 +172,16 @@ type CDC struct {
 	// "reset" drops every configured entity's cache and starts again at the server's current
 	// position; "stall" keeps retrying and reports itself stalled. Default "reset".
 	OnBinlogGone string `yaml:"on_binlog_gone"`
+
+	// Conn is DSN's server and account, parsed by validation when Enabled.
+	Conn BinlogConn `yaml:"-"`
+}
+
+// BinlogConn is where the binlog tail connects, and as whom.
+type BinlogConn struct {
+	Host           string
+	Port           uint16
+	User, Password string
 }
 
 // Entity maps a URL name to a table.
@@ -200,6 +218,9 @@ type Bloom struct {
 	ExpectedItems uint `yaml:"expected_items"`
 	// FPRate is the target false-positive rate, in (0, 1). Default 0.01.
 	FPRate float64 `yaml:"fp_rate"`
+
+	// Params are the filter's size for the two above, computed by validation.
+	Params bloom.Params `yaml:"-"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("500ms", "10m").
@@ -291,31 +312,18 @@ func expandEnv(b []byte) ([]byte, error) {
 	return out, nil
 }
 
-// Defaults for every optional field, in one place.
+// Defaults of the fields that are the sidecar's own. The others are the defaults of the package
+// that uses the field (readthrough, invalidation, cdc, lease, bloom, mysqlsource), which
+// applyDefaults fills in so that validation sees the values that will run.
 const (
 	DefaultListen          = "127.0.0.1:8080"
 	DefaultShutdownTimeout = 10 * time.Second
-	DefaultMaxIDs          = 100
 	MaxMaxIDs              = 1000
 	DefaultMaxIDLength     = 255
-	DefaultRequestTimeout  = 5 * time.Second
-	DefaultQueryTimeout    = 2 * time.Second
-	DefaultMaxOpenConns    = 16
 	DefaultRedisAddr       = "127.0.0.1:6379"
 	DefaultKeyPrefix       = "sc:"
 	DefaultRedisTimeout    = 500 * time.Millisecond
-	DefaultFlavor          = "mysql"
-	DefaultServerID        = 1001
-	DefaultDoubleDelete    = 500 * time.Millisecond
-	DefaultTTL             = 10 * time.Minute
-	DefaultTTLJitter       = 0.1
-	DefaultNullTTL         = time.Minute
-	DefaultLeaseTTL        = 3 * time.Second
-	DefaultLeaseWait       = 2 * time.Second
 	DefaultFallback        = "load"
-	DefaultFallbackConc    = 4
-	DefaultExpectedItems   = 1_000_000
-	DefaultFPRate          = 0.01
 )
 
 func (c *Config) applyDefaults() {
@@ -323,11 +331,11 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.ShutdownTimeout, Duration(DefaultShutdownTimeout))
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "json")
-	setDefault(&c.Limits.MaxIDs, DefaultMaxIDs)
+	setDefault(&c.Limits.MaxIDs, readthrough.DefaultMaxIDs)
 	setDefault(&c.Limits.MaxIDLength, DefaultMaxIDLength)
-	setDefault(&c.Limits.RequestTimeout, Duration(DefaultRequestTimeout))
-	setDefault(&c.MySQL.QueryTimeout, Duration(DefaultQueryTimeout))
-	setDefault(&c.MySQL.MaxOpenConns, DefaultMaxOpenConns)
+	setDefault(&c.Limits.RequestTimeout, Duration(readthrough.DefaultLoadTimeout))
+	setDefault(&c.MySQL.QueryTimeout, Duration(mysqlsource.DefaultQueryTimeout))
+	setDefault(&c.MySQL.MaxOpenConns, mysqlsource.DefaultMaxOpenConns)
 	if len(c.Redis.Addrs) == 0 {
 		c.Redis.Addrs = []string{DefaultRedisAddr}
 	}
@@ -337,35 +345,35 @@ func (c *Config) applyDefaults() {
 		on := true
 		c.Lease.Enabled = &on
 	}
-	setDefault(&c.Lease.TTL, Duration(DefaultLeaseTTL))
-	setDefault(&c.Lease.Wait, Duration(DefaultLeaseWait))
+	setDefault(&c.Lease.TTL, Duration(lease.DefaultTTL))
+	setDefault(&c.Lease.Wait, Duration(readthrough.DefaultLeaseWait))
 	setDefault(&c.Lease.Fallback, DefaultFallback)
-	setDefault(&c.Lease.FallbackConcurrency, DefaultFallbackConc)
-	setDefault(&c.Kafka.RetryTopic, "sidecache.invalidate.retry")
-	setDefault(&c.Kafka.DLQTopic, "sidecache.invalidate.dlq")
-	setDefault(&c.Kafka.Group, "sidecache-invalidate")
-	setDefault(&c.Kafka.MaxAttempts, 10)
-	setDefault(&c.Kafka.Backoff, Duration(100*time.Millisecond))
-	setDefault(&c.Kafka.MaxBackoff, Duration(30*time.Second))
-	setDefault(&c.Kafka.QueueSize, 10000)
-	setDefault(&c.CDC.Flavor, DefaultFlavor)
-	setDefault(&c.CDC.ServerID, DefaultServerID)
-	setDefault(&c.CDC.DoubleDeleteDelay, Duration(DefaultDoubleDelete))
+	setDefault(&c.Lease.FallbackConcurrency, readthrough.DefaultFallbackConcurrency)
+	setDefault(&c.Kafka.RetryTopic, invalidation.DefaultTopic)
+	setDefault(&c.Kafka.DLQTopic, invalidation.DefaultDLQTopic)
+	setDefault(&c.Kafka.Group, invalidation.DefaultGroup)
+	setDefault(&c.Kafka.MaxAttempts, invalidation.DefaultMaxAttempts)
+	setDefault(&c.Kafka.Backoff, Duration(invalidation.DefaultBackoff))
+	setDefault(&c.Kafka.MaxBackoff, Duration(invalidation.DefaultMaxBackoff))
+	setDefault(&c.Kafka.QueueSize, invalidation.DefaultQueueSize)
+	setDefault(&c.CDC.Flavor, cdc.DefaultFlavor)
+	setDefault(&c.CDC.ServerID, cdc.DefaultServerID)
+	setDefault(&c.CDC.DoubleDeleteDelay, Duration(invalidation.DefaultDelay))
 	setDefault(&c.CDC.DSN, c.MySQL.DSN)
-	setDefault(&c.CDC.LeaderTTL, Duration(5*time.Second))
-	setDefault(&c.CDC.OnBinlogGone, "reset")
+	setDefault(&c.CDC.LeaderTTL, Duration(cdc.DefaultLeaderTTL))
+	setDefault(&c.CDC.OnBinlogGone, cdc.Reset)
 	for i := range c.Entities {
 		e := &c.Entities[i]
 		setDefault(&e.Table, e.Name)
-		setDefault(&e.TTL, Duration(DefaultTTL))
-		setDefault(&e.NullTTL, Duration(DefaultNullTTL))
+		setDefault(&e.TTL, Duration(readthrough.DefaultTTL))
+		setDefault(&e.NullTTL, Duration(readthrough.DefaultNullTTL))
 		setDefault(&e.StaleTTL, e.TTL)
 		if e.TTLJitter == nil {
-			j := DefaultTTLJitter
+			j := readthrough.DefaultJitter
 			e.TTLJitter = &j
 		}
-		setDefault(&e.Bloom.ExpectedItems, DefaultExpectedItems)
-		setDefault(&e.Bloom.FPRate, DefaultFPRate)
+		setDefault(&e.Bloom.ExpectedItems, bloom.DefaultExpectedItems)
+		setDefault(&e.Bloom.FPRate, bloom.DefaultFPRate)
 	}
 }
 
@@ -510,6 +518,15 @@ func (c *Config) validate() error {
 		if cd.Net != "tcp" {
 			return bad("cdc.dsn", "the binlog is read over TCP; use tcp(host:port)")
 		}
+		host, port, err := net.SplitHostPort(cd.Addr)
+		if err != nil {
+			return bad("cdc.dsn", "%v", err)
+		}
+		p, err := strconv.ParseUint(port, 10, 16)
+		if err != nil {
+			return bad("cdc.dsn", "port %q is not a TCP port", port)
+		}
+		c.CDC.Conn = BinlogConn{Host: host, Port: uint16(p), User: cd.User, Password: cd.Passwd}
 	}
 	if len(c.Entities) == 0 {
 		return bad("entities", "at least one entity is required")
@@ -560,6 +577,11 @@ func (c *Config) validate() error {
 		if e.Bloom.FPRate <= 0 || e.Bloom.FPRate >= 1 {
 			return bad(field("bloom.fp_rate"), "%v is outside (0, 1)", e.Bloom.FPRate)
 		}
+		p, err := bloom.Size(e.Bloom.ExpectedItems, e.Bloom.FPRate)
+		if err != nil {
+			return bad(field("bloom"), "%v", err)
+		}
+		c.Entities[i].Bloom.Params = p
 	}
 	return nil
 }
@@ -572,4 +594,23 @@ func (c *Config) Entity(name string) *Entity {
 		}
 	}
 	return nil
+}
+
+// EntityNames returns the entities' names, in the file's order.
+func (c *Config) EntityNames() []string {
+	names := make([]string, len(c.Entities))
+	for i, e := range c.Entities {
+		names[i] = e.Name
+	}
+	return names
+}
+
+// AnyBloom reports whether any entity has a Bloom filter.
+func (c *Config) AnyBloom() bool {
+	for _, e := range c.Entities {
+		if e.Bloom.Enabled {
+			return true
+		}
+	}
+	return false
 }

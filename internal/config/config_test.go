@@ -29,7 +29,7 @@ func TestParseDefaults(t *testing.T) {
 		{"listen", c.Listen, DefaultListen},
 		{"redis.addrs", strings.Join(c.Redis.Addrs, ","), DefaultRedisAddr},
 		{"redis.key_prefix", c.Redis.KeyPrefix, DefaultKeyPrefix},
-		{"limits.max_ids", c.Limits.MaxIDs, DefaultMaxIDs},
+		{"limits.max_ids", c.Limits.MaxIDs, 100},
 		{"cdc.flavor", c.CDC.Flavor, "mysql"},
 		{"cdc.double_delete_delay", c.CDC.DoubleDeleteDelay.D(), 500 * time.Millisecond},
 		{"table", e.Table, "items"},

@@ -1,14 +1,16 @@
 package mysqlsource
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/sidecache/sidecache/readthrough"
 )
 
-// ErrInvalidID reports an id that cannot be a value of the entity's key column.
-var ErrInvalidID = errors.New("invalid id")
+// ErrInvalidID reports an id that cannot be a value of the entity's key column; it is the read
+// path's error, so that requests with such ids answer 400.
+var ErrInvalidID = readthrough.ErrInvalidID
 
 // KeyKind is the family of a key column's type.
 type KeyKind int

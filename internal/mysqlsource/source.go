@@ -4,6 +4,7 @@
 package mysqlsource
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -15,17 +16,22 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-
-	"github.com/sidecache/sidecache/internal/config"
 )
 
 // ErrSchema marks a configuration that does not match the live schema.
 var ErrSchema = errors.New("config does not match the database schema")
 
-// Open opens a connection pool for dsn with the session settings the encoder relies on:
-// server-side prepared statements, text dates, and UTC for TIMESTAMP columns.
-func Open(cfg config.MySQL) (*sql.DB, string, error) {
-	c, err := mysql.ParseDSN(cfg.DSN)
+// Defaults of Open and New.
+const (
+	DefaultMaxOpenConns = 16
+	DefaultQueryTimeout = 2 * time.Second
+)
+
+// Open opens a pool of at most maxOpenConns connections (0: DefaultMaxOpenConns) for dsn, with
+// the session settings the encoder relies on: server-side prepared statements, text dates, and
+// UTC for TIMESTAMP columns. It returns the pool and the database the DSN names.
+func Open(dsn string, maxOpenConns int) (*sql.DB, string, error) {
+	c, err := mysql.ParseDSN(dsn)
 	if err != nil {
 		return nil, "", fmt.Errorf("mysql.dsn: %w", err)
 	}
@@ -43,8 +49,9 @@ func Open(cfg config.MySQL) (*sql.DB, string, error) {
 		return nil, "", fmt.Errorf("mysql.dsn: %w", err)
 	}
 	db := sql.OpenDB(connector)
-	db.SetMaxOpenConns(cfg.MaxOpenConns)
-	db.SetMaxIdleConns(cfg.MaxOpenConns)
+	maxOpenConns = cmp.Or(max(maxOpenConns, 0), DefaultMaxOpenConns)
+	db.SetMaxOpenConns(maxOpenConns)
+	db.SetMaxIdleConns(maxOpenConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	return db, c.DBName, nil
 }
@@ -98,9 +105,23 @@ type Source struct {
 	lowerCaseNames bool
 }
 
-// New checks every entity against the live schema of database schema and prepares its queries.
-// An error names the entity and the field and wraps ErrSchema.
-func New(ctx context.Context, db *sql.DB, schema string, entities []config.Entity, queryTimeout time.Duration) (*Source, error) {
+// Spec is an entity as configured: what New checks against the schema.
+type Spec struct {
+	Name  string
+	Table string
+	// Key is the primary key column; "" takes the table's.
+	Key string
+	// Columns are the columns returned; nil: all, in table order.
+	Columns []string
+}
+
+// New checks every entity against the live schema of database schema and prepares its queries,
+// each bounded by queryTimeout (0: DefaultQueryTimeout). An error names the entity and the
+// field and wraps ErrSchema.
+func New(ctx context.Context, db *sql.DB, schema string, entities []Spec, queryTimeout time.Duration) (*Source, error) {
+	if queryTimeout <= 0 {
+		queryTimeout = DefaultQueryTimeout
+	}
 	s := &Source{db: db, schema: schema, timeout: queryTimeout, entities: make(map[string]*Entity)}
 	mariadb, err := isMariaDB(ctx, db)
 	if err != nil {
@@ -136,7 +157,7 @@ type schemaColumn struct {
 	charset                           sql.NullString
 }
 
-func (s *Source) check(ctx context.Context, ce config.Entity, mariadb bool) (*Entity, error) {
+func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, error) {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%w: entity %q: %s: %s", ErrSchema, ce.Name, field, fmt.Sprintf(format, args...))
 	}
