@@ -2,6 +2,7 @@ package readthrough
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -131,24 +132,51 @@ func (r *Reader) loadMisses(ctx context.Context, e *entity, ids []string) (map[s
 	return results, nil
 }
 
-// loadHeld loads ids whose leases the caller holds, keeps the leases alive meanwhile, and
-// fills the cache where the leases are still held. It returns the ids whose fills were voided.
-// A failed load (or a panic) releases the leases and caches nothing.
+// loadHeld loads ids whose leases the caller holds and fills the cache where the leases are
+// still held (loadUnderLeases). It returns the ids whose fills were voided. A failed load (or a
+// panic) releases the leases and caches nothing; a failed fill still answers from MySQL.
 func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases []*lease.Lease, results map[string]Result) (voided []string, err error) {
-	keep := r.leases.Keep(leases)
+	rows, landed, err := r.loadUnderLeases(ctx, e, r.leases, ids, leases)
+	if errors.Is(err, ErrCacheUnavailable) {
+		// The answer is right; nothing was cached.
+		r.log.Warn("cache fill failed", "entity", e.Name, "keys", len(ids), "err", err)
+		landed, err = nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, id := range ids {
+		results[id] = Result{Body: rows[id], Status: Miss}
+		if landed != nil && !landed[i] {
+			// The lease was voided (an invalidation deleted the key) or lapsed: what we read
+			// may be older than the write that voided it, so it must not land.
+			voided = append(voided, id)
+		}
+	}
+	return voided, nil
+}
+
+// loadUnderLeases is the one sequence that fills the cache under leases, for misses, refreshes
+// and the preload: load ids from MySQL with one query while renewing their leases, then write
+// each answer (the row, or a null marker) only where its lease is still held, and drop the
+// leases. landed[i] says whether ids[i]'s fill landed. A failed load (or a panic) releases the
+// leases and caches nothing; a failed fill returns rows with an error wrapping
+// ErrCacheUnavailable.
+func (r *Reader) loadUnderLeases(ctx context.Context, e *entity, l *lease.Leases, ids []string, leases []*lease.Lease) (rows map[string][]byte, landed []bool, err error) {
+	keep := l.Keep(leases)
 	filled := false
 	defer func() {
 		keep.Stop()
 		if !filled {
-			r.leases.Release(leases)
+			l.Release(leases)
 		}
 	}()
-	rows, err := r.sourceLoad(ctx, e, ids)
+	rows, err = r.sourceLoad(ctx, e, ids)
 	if r.afterLoad != nil {
 		r.afterLoad(ids)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !keep.Stop() {
 		e.m.leaseLost.Inc()
@@ -156,33 +184,27 @@ func (r *Reader) loadHeld(ctx context.Context, e *entity, ids []string, leases [
 	fills := make([]lease.Fill, len(ids))
 	for i, id := range ids {
 		en := e.entry(leases[i].Key, rows[id])
-		results[id] = Result{Body: rows[id], Status: Miss}
 		fills[i] = lease.Fill{Lease: leases[i], Value: en.Value, TTL: en.TTL}
 	}
 	start := time.Now()
-	landed, err := r.leases.Fill(ctx, fills) // releases the leases itself if it fails
+	landed, err = l.Fill(ctx, fills) // releases the leases itself if it fails
 	filled = true
 	e.m.redisSet.Observe(time.Since(start).Seconds())
 	if err != nil {
-		// The answer is right; nothing was cached.
 		e.m.fillErrors.Add(float64(len(fills)))
-		r.log.Warn("cache fill failed", "entity", e.Name, "keys", len(fills), "err", err)
-		return nil, nil
+		return rows, nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 	}
 	for i, ok := range landed {
 		switch {
 		case !ok:
-			// The lease was voided (an invalidation deleted the key) or lapsed: what we read
-			// may be older than the write that voided it, so it must not land.
 			e.m.leaseLost.Inc()
-			voided = append(voided, ids[i])
 		case fills[i].Value[1] == kindNull:
 			e.m.nullMarkers.Inc()
 		default:
 			e.m.fills.Inc()
 		}
 	}
-	return voided, nil
+	return rows, landed, nil
 }
 
 // loadUnleased is the miss path without leases: in-process flights only.

@@ -221,40 +221,22 @@ func (r *Reader) warm(ctx context.Context, e *entity, leases *lease.Leases, ids 
 	if len(load) == 0 {
 		return nil, nil
 	}
-	fillsDone := false
-	defer func() {
-		if !fillsDone {
-			leases.Release(loadLeases)
-		}
-	}()
-	rows, err := r.sourceLoad(ctx, e, load)
+	rows, landed, err := r.loadUnderLeases(ctx, e, leases, load, loadLeases)
 	if err != nil {
 		return nil, err
 	}
-	fills := make([]lease.Fill, len(load))
 	for i, id := range load {
-		if rows[id] != nil {
+		row := rows[id]
+		if row != nil {
 			found = append(found, id)
 		} // else deleted since the scan saw it: a null marker
-		en := e.entry(loadLeases[i].Key, rows[id])
-		fills[i] = lease.Fill{Lease: loadLeases[i], Value: en.Value, TTL: en.TTL}
-	}
-	landed, err := leases.Fill(ctx, fills)
-	fillsDone = true
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
-	}
-	for i, ok := range landed {
 		switch {
-		case !ok:
-			e.m.leaseLost.Inc() // invalidated meanwhile; the next read loads it
-		case fills[i].Value[1] == kindNull:
+		case !landed[i]: // invalidated meanwhile; the next read loads it
+		case row == nil:
 			st.NullMarkers++
-			e.m.nullMarkers.Inc()
 		default:
 			st.Warmed++
-			st.Bytes += int64(len(fills[i].Value))
-			e.m.fills.Inc()
+			st.Bytes += int64(headerLen + len(row)) // the envelope written
 		}
 	}
 	return found, nil
