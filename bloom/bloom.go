@@ -29,8 +29,8 @@ import (
 	"github.com/sidecache/sidecache/internal/keys"
 )
 
-// MaxBits is the largest bitmap Redis can hold (a string of 512 MiB).
-const MaxBits = 1 << 32
+// maxBits is the largest bitmap Redis can hold (a string of 512 MiB).
+const maxBits = 1 << 32
 
 // Defaults of a filter's size, which the configuration applies.
 const (
@@ -46,8 +46,8 @@ type Params struct {
 // Size returns the parameters for expectedItems at false-positive rate fpRate.
 func Size(expectedItems uint, fpRate float64) (Params, error) {
 	m, k := bbloom.EstimateParameters(expectedItems, fpRate)
-	if m > MaxBits {
-		return Params{}, fmt.Errorf("a filter for %d items at %v needs %d bits, more than Redis holds (%d)", expectedItems, fpRate, m, uint64(MaxBits))
+	if m > maxBits {
+		return Params{}, fmt.Errorf("a filter for %d items at %v needs %d bits, more than Redis holds (%d)", expectedItems, fpRate, m, uint64(maxBits))
 	}
 	return Params{M: max(m, 64), K: max(k, 1)}, nil
 }
@@ -141,17 +141,8 @@ for i = 2, #ARGV do
 end
 return 1`
 
-// MayContain reports whether id may be in entity's table: false only when the filter is sure
-// it is not. With no filter built it is true.
-func (f *Filters) MayContain(ctx context.Context, entity, id string) (bool, error) {
-	res, err := f.MayContainMany(ctx, entity, []string{id})
-	if err != nil {
-		return true, err
-	}
-	return res[0], nil
-}
-
-// MayContainMany is MayContain for several ids in one round trip.
+// MayContainMany reports, for each of ids in one round trip, whether it may be in entity's table:
+// false only when the filter is sure it is not. With no filter built every answer is true.
 func (f *Filters) MayContainMany(ctx context.Context, entity string, ids []string) ([]bool, error) {
 	out := make([]bool, len(ids))
 	for i := range out {

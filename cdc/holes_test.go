@@ -265,7 +265,7 @@ func TestKeyMoveAddsToFilter(t *testing.T) {
 	}
 	g.waitCaughtUp(tl)
 	for _, moved := range []string{"100001", "100002", "100003"} {
-		if may, err := bloom.New(g.rc, g.prefix).MayContain(ctx, "items", moved); err != nil || !may {
+		if may, err := bloom.New(g.rc, g.prefix).MayContainMany(ctx, "items", []string{moved}); err != nil || !may[0] {
 			t.Errorf("the filter calls moved-to id %s absent (%v)", moved, err)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
-	"sync"
 
 	xsf "golang.org/x/sync/singleflight"
 )
@@ -26,28 +25,7 @@ func (p *PanicError) Error() string {
 type Group[T any] struct {
 	g xsf.Group
 
-	mu      sync.Mutex
-	callers map[string]int
-}
-
-// Callers returns how many callers have joined a flight for key and are waiting for it.
-func (g *Group[T]) Callers(key string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.callers[key]
-}
-
-func (g *Group[T]) track(key string, delta int) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.callers == nil {
-		g.callers = make(map[string]int)
-	}
-	if n := g.callers[key] + delta; n > 0 {
-		g.callers[key] = n
-	} else {
-		delete(g.callers, key)
-	}
+	joined func(key string) // tests: called once a caller has joined a flight
 }
 
 // Do runs fn for key unless a flight for key is already running, in which case it waits for
@@ -67,9 +45,9 @@ func (g *Group[T]) Do(ctx context.Context, key string, fn func(context.Context) 
 		}()
 		return fn(detached)
 	})
-	// Counted once DoChan has registered the caller with the flight.
-	g.track(key, 1)
-	defer g.track(key, -1)
+	if g.joined != nil {
+		g.joined(key)
+	}
 	select {
 	case r := <-ch:
 		v, _ = r.Val.(T)

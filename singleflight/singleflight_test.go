@@ -13,6 +13,8 @@ import (
 
 func TestDoShares(t *testing.T) {
 	var g singleflight.Group[int]
+	var joined atomic.Int32
+	singleflight.OnJoin(&g, func(string) { joined.Add(1) })
 	var calls atomic.Int32
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -38,7 +40,7 @@ func TestDoShares(t *testing.T) {
 	<-started
 	// Let the other callers join the flight before it ends; a late joiner would start a second
 	// flight, which the count below would catch.
-	for g.Callers("k") < len(results) {
+	for int(joined.Load()) < len(results) {
 		runtime.Gosched()
 	}
 	close(release)
