@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -42,21 +41,12 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	s := devstack.Require(t, stack)
-	g := &rig{t: t, db: fmt.Sprintf("cdc%d_%d", os.Getpid()%10000, seq.Add(1))}
+	d := devstack.NewDatabase(t, stack, "", `CREATE TABLE items (id INT UNSIGNED NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL);
+		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100;
+		CREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)`)
+	g := &rig{t: t, db: d.Name, root: d.Root}
 	g.prefix = g.db + ":"
-	var err error
-	if _, err = s.CreateDatabase(context.Background(), g.db); err != nil {
-		t.Fatal(err)
-	}
-	if g.root, err = s.Root(g.db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.root.Close() })
-	g.exec("CREATE TABLE items (id INT UNSIGNED NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL)")
-	g.exec("INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100")
-	g.exec("CREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)")
-	g.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	g.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	t.Cleanup(func() { g.rc.Close() })
 	leases := singleflight.NewLeases(g.rc, time.Second)
 	g.inv = invalidation.New(invalidation.Options{Deleter: leases, Dropper: leases, Prefix: g.prefix, Delay: 50 * time.Millisecond})

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // purgeBinlogs purges every binlog before the current one. MariaDB keeps a file until InnoDB
@@ -74,8 +76,8 @@ func metricValue(t *testing.T, p *sidecarProc, name string) float64 {
 // purgedRun starts a sidecar, caches a row, kills the sidecar, changes the row and purges the
 // binlog that holds the change; then starts a sidecar with extra config and returns it.
 func purgedRun(t *testing.T, db, extra string) (*sidecarProc, *sql.DB) {
-	_, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL);
-		INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three')`)
+	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL);
+		INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three')`).Root
 	cfg := `listen: %s
 log: {format: text}
 mysql: {dsn: "` + stack.DSN(db, db, db) + `"}

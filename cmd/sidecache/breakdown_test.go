@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // cluster is several `sidecache serve` processes on one database and one Redis.
@@ -33,9 +35,10 @@ type cluster struct {
 func startCluster(t *testing.T, db string, n int, lease bool, leaseTTL time.Duration) *cluster {
 	t.Helper()
 	c := &cluster{t: t, db: db}
-	dsn, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	d := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_10`)
-	c.root = root
+	dsn := d.DSN
+	c.root = d.Root
 	s := stack
 	c.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { c.rc.Close() })

@@ -28,6 +28,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/singleflight"
 )
 
@@ -56,7 +57,7 @@ func TestChaosConsistency(t *testing.T) {
 	}
 
 	tables := chaosNewTables(rand.New(rand.NewPCG(seed, chaosStreamDomain)))
-	_, root := newDatabase(t, chaosDB, chaosSchema(tables))
+	root := devstack.NewDatabase(t, stack, chaosDB, chaosSchema(tables)).Root
 	root.SetMaxOpenConns(64)
 	chaosInitialRows(t, root, tables, rand.New(rand.NewPCG(seed, chaosStreamInitial)))
 	rc := redis.NewClient(&redis.Options{Addr: stack.RedisAddr})

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // hkDeadline bounds every wait for a correct answer. Generous: other heavy work shares the
@@ -90,7 +92,7 @@ func hkWriteConfig(t *testing.T, db string, entities []hkEntity) string {
 // starts a sidecar serving entities, and waits until its binlog tail runs.
 func hkStart(t *testing.T, db, schema string, entities []hkEntity) *hkEnv {
 	t.Helper()
-	_, root := newDatabase(t, db, schema+";\nCREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)")
+	root := devstack.NewDatabase(t, stack, db, schema+";\nCREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)").Root
 	e := &hkEnv{t: t, db: db, root: root}
 	e.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	t.Cleanup(func() { e.rc.Close() })

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // hoServerIDs hands out CDC server ids of a range of their own.
@@ -207,9 +209,9 @@ func TestBigTransactionMemory(t *testing.T) {
 	const db = "ho_bigtxn"
 	const limit = 128 << 20
 	n := hoRows(t)
-	_, root := newDatabase(t, db, fmt.Sprintf(`CREATE TABLE big (id INT NOT NULL PRIMARY KEY, n INT NOT NULL, name VARCHAR(40) NOT NULL);
+	root := devstack.NewDatabase(t, stack, db, fmt.Sprintf(`CREATE TABLE big (id INT NOT NULL PRIMARY KEY, n INT NOT NULL, name VARCHAR(40) NOT NULL);
 		INSERT INTO big SELECT seq, 0, CONCAT('row ', seq) FROM seq_1_to_%d;
-		`, n)+hoTickTable)
+		`, n)+hoTickTable).Root
 	rc := hoRedis(t)
 	p, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: big\n    ttl: 10m\n"))
 	pid := p.cmd.Process.Pid
@@ -507,7 +509,7 @@ func hoErrorBody(body string) (code string, ok bool) {
 func TestInvalidateNoContentMeansDone(t *testing.T) {
 	const db = "ho_inval"
 	const requestTimeout = 3 * time.Second // more than lease.wait (2s), which the config requires
-	_, _ = newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		INSERT INTO items VALUES (1, 'one'), (2, 'two')`)
 	rc := hoRedis(t)
 	common := fmt.Sprintf("limits: {request_timeout: %s}\nkafka: {brokers: [\"127.0.0.1:1\"]}\n", requestTimeout)
@@ -585,7 +587,7 @@ func hoCascadeWarnings(lines []string, entities ...string) (found map[string]str
 // tail cannot invalidate them; sidecache must say so at start for each such entity.
 func TestForeignKeyCascadeWarning(t *testing.T) {
 	const db = "ho_fk"
-	_, _ = newDatabase(t, db, `CREATE TABLE parent (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	devstack.NewDatabase(t, stack, db, `CREATE TABLE parent (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		CREATE TABLE child (id INT NOT NULL PRIMARY KEY, parent_id INT NOT NULL,
 			FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE);
 		CREATE TABLE child2 (id INT NOT NULL PRIMARY KEY, parent_id INT NULL,
@@ -654,8 +656,8 @@ func hoNoLeak(t *testing.T, what, body string, leaks ...string) {
 // not the addresses, ports and users of the servers behind it.
 func TestErrorBodiesCarryNoAddresses(t *testing.T) {
 	const db = "ho_errbody"
-	_, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
-		INSERT INTO items VALUES (1, 'one'), (2, 'two')`)
+	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+		INSERT INTO items VALUES (1, 'one'), (2, 'two')`).Root
 	entities := "entities:\n  - name: items\n    ttl: 10m\n"
 
 	t.Run("redis down", func(t *testing.T) {
@@ -727,11 +729,11 @@ func TestErrorBodiesCarryNoAddresses(t *testing.T) {
 // the leader that advances the shared checkpoint has never heard of things.
 func TestRollingDeployNewEntity(t *testing.T) {
 	const db = "ho_rolling"
-	_, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		CREATE TABLE things (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		INSERT INTO items VALUES (1, 'item one');
 		INSERT INTO things VALUES (1, 'thing one');
-		`+hoTickTable)
+		`+hoTickTable).Root
 	rc := hoRedis(t)
 	a, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: items\n    ttl: 10m\n"))
 	hoPoll(t, 30*time.Second, func() (bool, string) { return a.isLeader(), "sidecar A does not lead (sidecache_cdc_leader is not 1)" })

@@ -2,8 +2,10 @@ package devstack
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -44,4 +46,40 @@ func Require(tb testing.TB, s *Stack) *Stack {
 		tb.Skip("devstack: MariaDB/Redis not installed; run `make deps`")
 	}
 	return s
+}
+
+// Database is a test's own database on the stack.
+type Database struct {
+	Name string
+	DSN  string  // the DSN of the database's user, who may read and change rows
+	Root *sql.DB // root on the database, closed when the test ends
+}
+
+var dbSeq atomic.Int32
+
+// NewDatabase creates database name and its user on s (Require first: without a stack the test
+// is skipped), and runs schema on it as root. An empty name is replaced by one unique to the
+// process. The schema's statements are separated by ';' and sent in one Exec (the DSN allows
+// several statements), so a session setting such as SET time_zone holds for those after it.
+func NewDatabase(tb testing.TB, s *Stack, name, schema string) *Database {
+	tb.Helper()
+	s = Require(tb, s)
+	if name == "" {
+		name = fmt.Sprintf("db%d_%d", os.Getpid()%10000, dbSeq.Add(1))
+	}
+	d := &Database{Name: name}
+	var err error
+	if d.DSN, err = s.CreateDatabase(context.Background(), name); err != nil {
+		tb.Fatal(err)
+	}
+	if d.Root, err = s.Root(name); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { d.Root.Close() })
+	if schema != "" {
+		if _, err := d.Root.Exec(schema); err != nil {
+			tb.Fatalf("devstack: schema of %s: %v", name, err)
+		}
+	}
+	return d
 }
