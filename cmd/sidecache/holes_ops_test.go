@@ -75,23 +75,6 @@ func hoGet(method, url string) (status int, body string, err error) {
 	return res.StatusCode, string(b), err
 }
 
-// hoPoll calls cond until it reports done or timeout passes; then the test fails with what
-// cond said was still wrong.
-func hoPoll(t *testing.T, timeout time.Duration, cond func() (done bool, state string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		done, state := cond()
-		if done {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // hoKey is the documented cache key of an entity's id.
 func hoKey(db, entity, id string) string { return db + ":{" + entity + ":" + id + "}" }
 
@@ -117,7 +100,7 @@ func hoCheckpointGTID(rc *redis.Client, db string) (gtid string, ok bool) {
 // unrelated ho_tick table move the position until it does.
 func hoWaitTail(t *testing.T, root *sql.DB, rc *redis.Client, db string) {
 	t.Helper()
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		if _, ok := hoCheckpointGTID(rc, db); ok {
 			return true, ""
 		}
@@ -137,7 +120,7 @@ func hoWaitCaughtUp(t *testing.T, root *sql.DB, rc *redis.Client, db string, tim
 		t.Fatal(err)
 	}
 	start := time.Now()
-	hoPoll(t, timeout, func() (bool, string) {
+	devstack.EventuallyState(t, timeout, func() (bool, string) {
 		if sample != nil {
 			sample()
 		}
@@ -152,7 +135,7 @@ func hoWaitCaughtUp(t *testing.T, root *sql.DB, rc *redis.Client, db string, tim
 func hoCacheRow(t *testing.T, p *sidecarProc, rc *redis.Client, db, entity, id string) string {
 	t.Helper()
 	var body string
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, b, err := hoGet(http.MethodGet, "http://"+p.addr+"/v1/"+entity+"/"+id)
 		body = b
 		if err != nil || status != http.StatusOK {
@@ -560,7 +543,7 @@ func hoStartLogged(t *testing.T, cfgDoc string) (*sidecarProc, *procLog) {
 // hoWaitReady polls /readyz until it answers 200.
 func hoWaitReady(t *testing.T, p *sidecarProc) {
 	t.Helper()
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+p.addr+"/readyz")
 		return err == nil && status == http.StatusOK, fmt.Sprintf("/readyz: %d %s %v", status, body, err)
 	})
@@ -686,7 +669,7 @@ func TestErrorBodiesCarryNoAddresses(t *testing.T) {
 
 	t.Run("mysql access denied", func(t *testing.T) {
 		p, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, entities))
-		hoPoll(t, 30*time.Second, func() (bool, string) {
+		devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 			status, body, err := hoGet(http.MethodGet, "http://"+p.addr+"/v1/items/1")
 			return err == nil && status == http.StatusOK && body == `{"id":1,"name":"one"}`, fmt.Sprintf("GET items/1: %d %s %v", status, body, err)
 		})
@@ -736,7 +719,7 @@ func TestRollingDeployNewEntity(t *testing.T) {
 		`+hoTickTable).Root
 	rc := hoRedis(t)
 	a, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: items\n    ttl: 10m\n"))
-	hoPoll(t, 30*time.Second, func() (bool, string) { return a.isLeader(), "sidecar A does not lead (sidecache_cdc_leader is not 1)" })
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) { return a.isLeader(), "sidecar A does not lead (sidecache_cdc_leader is not 1)" })
 	hoWaitTail(t, root, rc, db)
 
 	b, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: items\n    ttl: 10m\n  - name: things\n    ttl: 10m\n"))
@@ -761,13 +744,13 @@ func TestRollingDeployNewEntity(t *testing.T) {
 		t.Fatal(err)
 	}
 	// items, which both know: the tail runs.
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+b.addr+"/v1/items/1")
 		return err == nil && status == http.StatusOK && body == `{"id":1,"name":"item two"}`,
 			fmt.Sprintf("items/1 through B: %d %s %v, want the new name \"item two\"", status, body, err)
 	})
 	// things, which only B knows.
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+b.addr+"/v1/things/1")
 		cp, _ := hoCheckpointGTID(rc, db)
 		var pos string
@@ -789,7 +772,7 @@ func TestRollingDeployNewEntity(t *testing.T) {
 	if _, err := root.Exec("UPDATE things SET name = 'thing three' WHERE id = 1"); err != nil {
 		t.Fatal(err)
 	}
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+b.addr+"/v1/things/1")
 		return err == nil && status == http.StatusOK && body == `{"id":1,"name":"thing three"}`,
 			fmt.Sprintf("things/1 through B, its leader: %d %s %v, want \"thing three\"", status, body, err)

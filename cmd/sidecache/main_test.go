@@ -157,18 +157,11 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		done <- result{res.StatusCode, res.Header.Get("X-Cache"), string(b), nil}
 	}()
 	// Wait until the load is blocked on the lock in MariaDB.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	devstack.Eventually(t, 10*time.Second, "the request never reached MariaDB", func() bool {
 		var n int
 		root.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%`cmd_drain`.`items`%' AND STATE LIKE '%lock%'").Scan(&n)
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the request never reached MariaDB")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return n > 0
+	})
 
 	cmd.Process.Signal(syscall.SIGTERM)
 	waitLog(t, logLines, "shutting down")

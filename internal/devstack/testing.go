@@ -83,3 +83,31 @@ func NewDatabase(tb testing.TB, s *Stack, name, schema string) *Database {
 	}
 	return d
 }
+
+// pollInterval is how often Eventually calls its condition.
+const pollInterval = 10 * time.Millisecond
+
+// Eventually calls cond every pollInterval until it holds, and fails the test with msg when it
+// has not after timeout.
+func Eventually(tb testing.TB, timeout time.Duration, msg string, cond func() bool) {
+	tb.Helper()
+	EventuallyState(tb, timeout, func() (bool, string) { return cond(), msg })
+}
+
+// EventuallyState calls cond until it holds, and fails the test when it has not after timeout,
+// with the state cond reported last (what was still wrong).
+func EventuallyState(tb testing.TB, timeout time.Duration, cond func() (ok bool, state string)) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %v: %s", timeout, state)
+			return
+		}
+		time.Sleep(pollInterval)
+	}
+}

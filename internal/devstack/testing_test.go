@@ -80,3 +80,40 @@ func TestNewDatabaseFailsOnALaterStatement(t *testing.T) {
 		t.Errorf("a failing second statement: %q, want a failure naming the table", msg)
 	}
 }
+
+func TestEventuallyWaitsForTheCondition(t *testing.T) {
+	n := 0
+	devstack.Eventually(t, 5*time.Second, "never three", func() bool {
+		n++
+		return n == 3
+	})
+	if n != 3 {
+		t.Errorf("the condition was called %d times, want 3", n)
+	}
+}
+
+func TestEventuallyFailureNamesTimeoutAndMessage(t *testing.T) {
+	start := time.Now()
+	msg := fail(t, func(tb testing.TB) {
+		devstack.Eventually(tb, 30*time.Millisecond, "the thing never happened", func() bool { return false })
+	})
+	if elapsed := time.Since(start); elapsed < 30*time.Millisecond {
+		t.Errorf("failed after %v, before the timeout", elapsed)
+	}
+	if want := "after 30ms: the thing never happened"; msg != want {
+		t.Errorf("failure %q, want %q", msg, want)
+	}
+}
+
+func TestEventuallyStateReportsTheLastState(t *testing.T) {
+	n := 0
+	msg := fail(t, func(tb testing.TB) {
+		devstack.EventuallyState(tb, 30*time.Millisecond, func() (bool, string) {
+			n++
+			return false, fmt.Sprintf("n is %d", n)
+		})
+	})
+	if want := fmt.Sprintf("after 30ms: n is %d", n); n < 2 || msg != want {
+		t.Errorf("failure %q after %d calls, want %q", msg, n, want)
+	}
+}
