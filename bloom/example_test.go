@@ -31,7 +31,7 @@ func ExampleFilters_Begin() {
 	if err != nil {
 		panic(err)
 	}
-	defer build.Abort(ctx) // a no-op once committed
+	defer build.Abort(ctx)                                         // a no-op once committed
 	for _, page := range [][]string{{"1", "2", "3"}, {"5", "8"}} { // the table's ids, scanned in pages
 		if err := build.Add(ctx, page); err != nil {
 			panic(err)

@@ -42,21 +42,12 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	s := devstack.Require(t, stack)
-	g := &rig{t: t, db: fmt.Sprintf("cdc%d_%d", os.Getpid()%10000, seq.Add(1))}
+	d := devstack.NewDatabase(t, stack, "", `CREATE TABLE items (id INT UNSIGNED NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL);
+		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100;
+		CREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)`)
+	g := &rig{t: t, db: d.Name, root: d.Root}
 	g.prefix = g.db + ":"
-	var err error
-	if _, err = s.CreateDatabase(context.Background(), g.db); err != nil {
-		t.Fatal(err)
-	}
-	if g.root, err = s.Root(g.db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.root.Close() })
-	g.exec("CREATE TABLE items (id INT UNSIGNED NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL)")
-	g.exec("INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100")
-	g.exec("CREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)")
-	g.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	g.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	t.Cleanup(func() { g.rc.Close() })
 	deleter := invalidation.NewRedis(g.rc)
 	g.inv = invalidation.New(invalidation.Options{Deleter: deleter, Dropper: deleter, Prefix: g.prefix, Delay: 50 * time.Millisecond})
@@ -140,41 +131,30 @@ func (g *rig) cache(ids ...int) {
 // waitGone waits until none of the keys of ids exists.
 func (g *rig) waitGone(ids ...int) {
 	g.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	devstack.EventuallyState(g.t, 10*time.Second, func() (bool, string) {
 		left := 0
 		for _, id := range ids {
 			left += int(g.rc.Exists(context.Background(), g.key(id)).Val())
 		}
-		if left == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("%d of the keys of %v are still cached", left, ids)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return left == 0, fmt.Sprintf("%d of the keys of %v are still cached", left, ids)
+	})
 }
 
 // waitLeading waits until the tail has started streaming (its checkpoint exists).
 func (g *rig) waitCheckpoint(tl *cdc.Tail) cdc.Checkpoint {
 	g.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var cp cdc.Checkpoint
+	devstack.Eventually(g.t, 10*time.Second, "the tail saved no checkpoint", func() bool {
 		// A write to another table moves the position, so a checkpoint gets saved.
 		g.exec("INSERT INTO ticks VALUES ()")
-		cp, ok, err := tl.LoadCheckpoint(context.Background())
+		got, ok, err := tl.LoadCheckpoint(context.Background())
 		if err != nil {
 			g.t.Fatal(err)
 		}
-		if ok {
-			return cp
-		}
-		if time.Now().After(deadline) {
-			g.t.Fatal("the tail saved no checkpoint")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		cp = got
+		return ok
+	})
+	return cp
 }
 
 // checkpointed runs a tail until it has saved a checkpoint, and stops it: the changes that
@@ -191,8 +171,7 @@ func (g *rig) checkpointed() {
 // is invalidated, second passes included.
 func (g *rig) waitCaughtUp(tl *cdc.Tail) {
 	g.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	devstack.EventuallyState(g.t, 10*time.Second, func() (bool, string) {
 		var pos string
 		if err := g.root.QueryRow("SELECT @@gtid_binlog_pos").Scan(&pos); err != nil {
 			g.t.Fatal(err)
@@ -201,14 +180,8 @@ func (g *rig) waitCaughtUp(tl *cdc.Tail) {
 		if err != nil {
 			g.t.Fatal(err)
 		}
-		if ok && cp.GTID == pos {
-			return
-		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("the checkpoint is at %q, the server at %q", cp.GTID, pos)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ok && cp.GTID == pos, fmt.Sprintf("the checkpoint is at %q, the server at %q", cp.GTID, pos)
+	})
 }
 
 func TestChangesInvalidateKeys(t *testing.T) {

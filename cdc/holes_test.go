@@ -2,6 +2,7 @@ package cdc_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/cdc"
+	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/invalidation"
 )
 
@@ -29,22 +31,15 @@ func (g *rig) purgeBinlogs() {
 	if err := g.root.QueryRow("SHOW MASTER STATUS").Scan(&file, &pos, &rest[0], &rest[1]); err != nil {
 		g.t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	devstack.Eventually(g.t, 10*time.Second, "binlogs before "+file+" are still there", func() bool {
 		g.exec("PURGE BINARY LOGS TO '" + file + "'")
 		var first string
 		var size int64
 		if err := g.root.QueryRow("SHOW BINARY LOGS").Scan(&first, &size); err != nil {
 			g.t.Fatal(err)
 		}
-		if first == file {
-			return
-		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("binlogs before %s are still there after 10s", file)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return first == file
+	})
 }
 
 func TestBinlogGoneResets(t *testing.T) {
@@ -83,13 +78,9 @@ func TestBinlogGoneStallsLoudly(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	tl := g.tailWith(time.Second, func(o *cdc.Options) { o.OnBinlogGone = cdc.Stall; o.Registerer = reg })
 	g.run(tl)
-	deadline := time.Now().Add(10 * time.Second)
-	for !tl.Stalled() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the tail never reported itself stalled: %+v", tl.View())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	devstack.EventuallyState(t, 10*time.Second, func() (bool, string) {
+		return tl.Stalled(), fmt.Sprintf("the tail never reported itself stalled: %+v", tl.View())
+	})
 	v := tl.View()
 	if !strings.Contains(v.Self.Error, "1236") || !strings.Contains(v.Self.Remedy, "binlog") {
 		t.Errorf("stalled with error %q and remedy %q; want the purged binlog named, and what to do", v.Self.Error, v.Self.Remedy)
@@ -147,13 +138,9 @@ func TestNewEntityIsDroppedBeforeCovered(t *testing.T) {
 	upgraded := g.tailWith(time.Second, both)
 	g.run(upgraded)
 	thing := func(id int) string { return g.prefix + "{things:" + strconv.Itoa(id) + "}" }
-	deadline := time.Now().Add(5 * time.Second)
-	for !upgraded.Covered("items") {
-		if time.Now().After(deadline) {
-			t.Fatal("the upgraded sidecar never saw items covered")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	devstack.Eventually(t, 5*time.Second, "the upgraded sidecar never saw items covered", func() bool {
+		return upgraded.Covered("items")
+	})
 	if upgraded.Covered("things") {
 		t.Fatal("things is covered by a leader that does not know it")
 	}
@@ -161,13 +148,9 @@ func TestNewEntityIsDroppedBeforeCovered(t *testing.T) {
 	g.rc.Set(context.Background(), thing(1), "stale", time.Hour)
 	g.exec("UPDATE things SET v = 10 WHERE id = 1")
 	stopOld()
-	deadline = time.Now().Add(10 * time.Second)
-	for !upgraded.Covered("things") {
-		if time.Now().After(deadline) {
-			t.Fatal("the upgraded leader never covered things")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	devstack.Eventually(t, 10*time.Second, "the upgraded leader never covered things", func() bool {
+		return upgraded.Covered("things")
+	})
 	if g.rc.Exists(context.Background(), thing(1)).Val() != 0 {
 		t.Error("things became covered with a value cached before coverage still in place")
 	}

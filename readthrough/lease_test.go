@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -28,8 +27,6 @@ func TestMain(m *testing.M) {
 	os.Exit(devstack.RunTests(m, devstack.Options{GeneralLog: true}, &stack))
 }
 
-var rigSeq atomic.Int32
-
 // rig is a real MariaDB table and a real Redis, with readers on them standing in for sidecar
 // processes: each Reader has its own in-process flights, and they share Redis and its leases.
 type rig struct {
@@ -44,21 +41,12 @@ type rig struct {
 
 func newRig(t *testing.T, hot bool) *rig {
 	t.Helper()
-	s := devstack.Require(t, stack)
-	g := &rig{t: t, db: fmt.Sprintf("rt%d_%d", os.Getpid()%10000, rigSeq.Add(1))}
+	d := devstack.NewDatabase(t, stack, "", `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL);
+		INSERT INTO items VALUES (1, 'old'), (2, 'two')`)
+	g := &rig{t: t, db: d.Name, root: d.Root}
 	g.prefix = g.db + ":"
 	ctx := context.Background()
-	dsn, err := s.CreateDatabase(ctx, g.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g.root, err = s.Root(g.db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.root.Close() })
-	g.exec("CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL)")
-	g.exec("INSERT INTO items VALUES (1, 'old'), (2, 'two')")
-	db, schema, err := mysqlsource.Open(dsn, 8)
+	db, schema, err := mysqlsource.Open(d.DSN, 8)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +55,7 @@ func newRig(t *testing.T, hot bool) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(g.src.Close)
-	g.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	g.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	t.Cleanup(func() { g.rc.Close() })
 	key := g.src.Entity("items").Key
 	parse := func(raw string) (string, error) { return key.Parse(raw, 255) }

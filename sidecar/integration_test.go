@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,8 +26,6 @@ func TestMain(m *testing.M) {
 	os.Exit(devstack.RunTests(m, devstack.Options{GeneralLog: true}, &stack))
 }
 
-var dbSeq atomic.Int32
-
 // env is one test's database, Redis key prefix and sidecar.
 type env struct {
 	t      *testing.T
@@ -45,24 +41,10 @@ type env struct {
 // newDB creates a fresh database with schema (statements separated by ';').
 func newDB(t *testing.T, schema string) *env {
 	t.Helper()
-	s := devstack.Require(t, stack)
-	e := &env{t: t, name: fmt.Sprintf("t%d_%d", os.Getpid()%10000, dbSeq.Add(1))}
+	d := devstack.NewDatabase(t, stack, "", schema)
+	e := &env{t: t, name: d.Name, dsn: d.DSN, root: d.Root}
 	e.prefix = e.name + ":"
-	ctx := context.Background()
-	var err error
-	if e.dsn, err = s.CreateDatabase(ctx, e.name); err != nil {
-		t.Fatal(err)
-	}
-	if e.root, err = s.Root(e.name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.root.Close() })
-	for _, stmt := range strings.Split(schema, ";") {
-		if strings.TrimSpace(stmt) != "" {
-			e.exec(stmt)
-		}
-	}
-	e.redis = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	e.redis = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	t.Cleanup(func() { e.redis.Close() })
 	return e
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // purgeBinlogs purges every binlog before the current one. MariaDB keeps a file until InnoDB
@@ -27,8 +29,7 @@ func purgeBinlogs(t *testing.T, root *sql.DB) {
 	if err := root.QueryRow("SHOW MASTER STATUS").Scan(&file, &pos, &doDB, &ignoreDB); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	devstack.Eventually(t, 10*time.Second, "binlogs before "+file+" are still there", func() bool {
 		if _, err := root.Exec("PURGE BINARY LOGS TO '" + file + "'"); err != nil {
 			t.Fatal(err)
 		}
@@ -37,14 +38,8 @@ func purgeBinlogs(t *testing.T, root *sql.DB) {
 		if err := root.QueryRow("SHOW BINARY LOGS").Scan(&first, &size); err != nil {
 			t.Fatal(err)
 		}
-		if first == file {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("binlogs before %s are still there after 10s", file)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return first == file
+	})
 }
 
 // httpGet returns a response's status and body.
@@ -74,8 +69,8 @@ func metricValue(t *testing.T, p *sidecarProc, name string) float64 {
 // purgedRun starts a sidecar, caches a row, kills the sidecar, changes the row and purges the
 // binlog that holds the change; then starts a sidecar with extra config and returns it.
 func purgedRun(t *testing.T, db, extra string) (*sidecarProc, *sql.DB) {
-	_, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL);
-		INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three')`)
+	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) NOT NULL);
+		INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three')`).Root
 	cfg := `listen: %s
 log: {format: text}
 mysql: {dsn: "` + stack.DSN(db, db, db) + `"}
@@ -89,22 +84,15 @@ entities:
 	}
 	p := start()
 	// Cached once the checkpoint covers the entity: the second read is a hit.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	devstack.Eventually(t, 15*time.Second, "the row never got cached", func() bool {
 		httpGet(t, "http://"+p.addr+"/v1/items/1")
 		res, err := http.Get("http://" + p.addr + "/v1/items/1")
 		if err != nil {
 			t.Fatal(err)
 		}
 		res.Body.Close()
-		if res.Header.Get("X-Cache") == "hit" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the row never got cached")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return res.Header.Get("X-Cache") == "hit"
+	})
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.cmd.Wait()
 	if _, err := root.Exec("UPDATE items SET name = 'uno' WHERE id = 1"); err != nil {
@@ -171,20 +159,13 @@ func TestPurgedBinlogStallsLoudly(t *testing.T) {
 			}
 		}
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	devstack.EventuallyState(t, 15*time.Second, func() (bool, string) {
 		_, body := httpGet(t, "http://"+p.addr+"/status")
 		if err := json.Unmarshal([]byte(body), &st); err != nil {
 			t.Fatalf("/status: %v: %s", err, body)
 		}
-		if st.CDC.Self.State == "stalled" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the tail never reported itself stalled: %s", body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return st.CDC.Self.State == "stalled", "the tail never reported itself stalled: " + body
+	})
 	if !strings.Contains(st.CDC.Self.Error, "1236") || !strings.Contains(st.CDC.Self.Remedy, "on_binlog_gone") {
 		t.Errorf("stalled with error %q, remedy %q: want the purged binlog named and the remedy", st.CDC.Self.Error, st.CDC.Self.Remedy)
 	}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // cluster is several `sidecache serve` processes on one database and one Redis.
@@ -33,9 +35,10 @@ type cluster struct {
 func startCluster(t *testing.T, db string, n int, lease bool, leaseTTL time.Duration) *cluster {
 	t.Helper()
 	c := &cluster{t: t, db: db}
-	dsn, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	d := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_10`)
-	c.root = root
+	dsn := d.DSN
+	c.root = d.Root
 	s := stack
 	c.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
 	t.Cleanup(func() { c.rc.Close() })
@@ -148,13 +151,10 @@ func TestBreakdownAcrossProcesses(t *testing.T) {
 			unlock := lockItems(t, c.root)
 			c.rc.Del(ctx, key)
 			replies := c.storm(client, requests, id)
-			deadline := time.Now().Add(30 * time.Second)
-			for c.inFlight() < requests {
-				if time.Now().After(deadline) {
-					t.Fatalf("only %d of %d requests reached the sidecars", c.inFlight(), requests)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
+				n := c.inFlight()
+				return n >= requests, fmt.Sprintf("only %d of %d requests reached the sidecars", n, requests)
+			})
 			unlock()
 			for range requests {
 				if r := <-replies; r.status != 200 || r.body != want {
@@ -205,13 +205,9 @@ func TestKilledHolderFreesKeyWithinLeasePeriod(t *testing.T) {
 	key := c.db + ":{items:3}"
 	unlock := lockItems(t, c.root)
 	go http.Get("http://" + c.addrs[0] + "/v1/items/3") // holds the lease, its load blocked
-	deadline := time.Now().Add(10 * time.Second)
-	for c.rc.Exists(ctx, key+":lease").Val() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the first sidecar never took the lease")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	devstack.Eventually(t, 10*time.Second, "the first sidecar never took the lease", func() bool {
+		return c.rc.Exists(ctx, key+":lease").Val() != 0
+	})
 	// Let the holder renew at least once, so what lapses is a renewed lease.
 	renewedBy := time.Now().Add(leaseTTL)
 	for time.Now().Before(renewedBy) && c.rc.PTTL(ctx, key+":lease").Val() < leaseTTL-100*time.Millisecond {

@@ -28,6 +28,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/internal/keys"
 )
 
@@ -56,7 +57,7 @@ func TestChaosConsistency(t *testing.T) {
 	}
 
 	tables := chaosNewTables(rand.New(rand.NewPCG(seed, chaosStreamDomain)))
-	_, root := newDatabase(t, chaosDB, chaosSchema(tables))
+	root := devstack.NewDatabase(t, stack, chaosDB, chaosSchema(tables)).Root
 	root.SetMaxOpenConns(64)
 	chaosInitialRows(t, root, tables, rand.New(rand.NewPCG(seed, chaosStreamInitial)))
 	rc := redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
@@ -549,8 +550,7 @@ func chaosPreload(cfgPath string, tables []*chaosTable) error {
 // moves the checkpoint to the server's position only once the tail has started before it.
 func chaosWaitTailing(t *testing.T, c *consistencyRun) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		if _, err := c.root.Exec("INSERT INTO chaos_marker (at) VALUES (NOW(6))"); err != nil {
 			t.Fatal(err)
 		}
@@ -560,13 +560,11 @@ func chaosWaitTailing(t *testing.T, c *consistencyRun) {
 		}
 		for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 			if chaosCheckpoint(c) == want {
-				return
+				return true, ""
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no sidecar tails the binlog after 30s (checkpoint %q, server %q)", chaosCheckpoint(c), want)
-		}
-	}
+		return false, fmt.Sprintf("no sidecar tails the binlog (checkpoint %q, server %q)", chaosCheckpoint(c), want)
+	})
 }
 
 // chaosCheckpoint is the GTID set of the saved checkpoint, or "" when there is none.

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // sidecarProc is one `sidecache serve` process.
@@ -126,8 +128,8 @@ func newConsistencyRun(t *testing.T, db string) *consistencyRun {
 // newConsistencyRunWith adds extra top-level configuration (kafka:, faults:).
 func newConsistencyRunWith(t *testing.T, db, extra string) *consistencyRun {
 	c := &consistencyRun{t: t, db: db}
-	_, c.root = newDatabase(t, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT NOT NULL);
-		INSERT INTO items SELECT seq, CONCAT('item ', seq), 0 FROM seq_1_to_%d`, consistencyRows))
+	c.root = devstack.NewDatabase(t, stack, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT NOT NULL);
+		INSERT INTO items SELECT seq, CONCAT('item ', seq), 0 FROM seq_1_to_%d`, consistencyRows)).Root
 	c.maxID.Store(consistencyRows)
 	c.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	t.Cleanup(func() { c.rc.Close() })

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // hkDeadline bounds every wait for a correct answer. Generous: other heavy work shares the
@@ -90,7 +92,7 @@ func hkWriteConfig(t *testing.T, db string, entities []hkEntity) string {
 // starts a sidecar serving entities, and waits until its binlog tail runs.
 func hkStart(t *testing.T, db, schema string, entities []hkEntity) *hkEnv {
 	t.Helper()
-	_, root := newDatabase(t, db, schema+";\nCREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)")
+	root := devstack.NewDatabase(t, stack, db, schema+";\nCREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)").Root
 	e := &hkEnv{t: t, db: db, root: root}
 	e.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	t.Cleanup(func() { e.rc.Close() })
@@ -106,17 +108,10 @@ func hkStart(t *testing.T, db, schema string, entities []hkEntity) *hkEnv {
 func (e *hkEnv) waitTail() {
 	e.t.Helper()
 	key := e.db + ":{cdc:" + e.db + "}:checkpoint"
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	devstack.Eventually(e.t, 30*time.Second, "no checkpoint "+key+": the binlog tail is not running", func() bool {
 		e.exec("INSERT INTO ticks VALUES ()")
-		if e.rc.Exists(context.Background(), key).Val() == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("no checkpoint %s after 30s: the binlog tail is not running", key)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return e.rc.Exists(context.Background(), key).Val() == 1
+	})
 }
 
 func (e *hkEnv) exec(q string, args ...any) {
@@ -325,8 +320,7 @@ func (e *hkEnv) prime(checks []hkCheck) {
 func (e *hkEnv) waitSecondDeletes() {
 	e.t.Helper()
 	re := regexp.MustCompile(`(?m)^sidecache_second_deletes_pending (\S+)$`)
-	deadline := time.Now().Add(hkDeadline)
-	for {
+	devstack.EventuallyState(e.t, hkDeadline, func() (bool, string) {
 		res, err := hkClient.Get(e.base + "/metrics")
 		if err != nil {
 			e.t.Fatal(err)
@@ -337,14 +331,8 @@ func (e *hkEnv) waitSecondDeletes() {
 		if m == nil {
 			e.t.Fatal("no sidecache_second_deletes_pending metric: cannot tell when the second deletes are done")
 		}
-		if string(m[1]) == "0" {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("sidecache_second_deletes_pending still %s after %v", m[1], hkDeadline)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return string(m[1]) == "0", "sidecache_second_deletes_pending still " + string(m[1])
+	})
 }
 
 // hkIntChecks returns checks of table/entity for ids with the value "<prefix> <id>", or 404

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // hoServerIDs hands out CDC server ids of a range of their own.
@@ -73,23 +75,6 @@ func hoGet(method, url string) (status int, body string, err error) {
 	return res.StatusCode, string(b), err
 }
 
-// hoPoll calls cond until it reports done or timeout passes; then the test fails with what
-// cond said was still wrong.
-func hoPoll(t *testing.T, timeout time.Duration, cond func() (done bool, state string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		done, state := cond()
-		if done {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // hoKey is the documented cache key of an entity's id.
 func hoKey(db, entity, id string) string { return db + ":{" + entity + ":" + id + "}" }
 
@@ -115,7 +100,7 @@ func hoCheckpointGTID(rc *redis.Client, db string) (gtid string, ok bool) {
 // unrelated ho_tick table move the position until it does.
 func hoWaitTail(t *testing.T, root *sql.DB, rc *redis.Client, db string) {
 	t.Helper()
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		if _, ok := hoCheckpointGTID(rc, db); ok {
 			return true, ""
 		}
@@ -135,7 +120,7 @@ func hoWaitCaughtUp(t *testing.T, root *sql.DB, rc *redis.Client, db string, tim
 		t.Fatal(err)
 	}
 	start := time.Now()
-	hoPoll(t, timeout, func() (bool, string) {
+	devstack.EventuallyState(t, timeout, func() (bool, string) {
 		if sample != nil {
 			sample()
 		}
@@ -150,7 +135,7 @@ func hoWaitCaughtUp(t *testing.T, root *sql.DB, rc *redis.Client, db string, tim
 func hoCacheRow(t *testing.T, p *sidecarProc, rc *redis.Client, db, entity, id string) string {
 	t.Helper()
 	var body string
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, b, err := hoGet(http.MethodGet, "http://"+p.addr+"/v1/"+entity+"/"+id)
 		body = b
 		if err != nil || status != http.StatusOK {
@@ -207,9 +192,9 @@ func TestBigTransactionMemory(t *testing.T) {
 	const db = "ho_bigtxn"
 	const limit = 128 << 20
 	n := hoRows(t)
-	_, root := newDatabase(t, db, fmt.Sprintf(`CREATE TABLE big (id INT NOT NULL PRIMARY KEY, n INT NOT NULL, name VARCHAR(40) NOT NULL);
+	root := devstack.NewDatabase(t, stack, db, fmt.Sprintf(`CREATE TABLE big (id INT NOT NULL PRIMARY KEY, n INT NOT NULL, name VARCHAR(40) NOT NULL);
 		INSERT INTO big SELECT seq, 0, CONCAT('row ', seq) FROM seq_1_to_%d;
-		`, n)+hoTickTable)
+		`, n)+hoTickTable).Root
 	rc := hoRedis(t)
 	p, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: big\n    ttl: 10m\n"))
 	pid := p.cmd.Process.Pid
@@ -507,7 +492,7 @@ func hoErrorBody(body string) (code string, ok bool) {
 func TestInvalidateNoContentMeansDone(t *testing.T) {
 	const db = "ho_inval"
 	const requestTimeout = 3 * time.Second // more than lease.wait (2s), which the config requires
-	_, _ = newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		INSERT INTO items VALUES (1, 'one'), (2, 'two')`)
 	rc := hoRedis(t)
 	common := fmt.Sprintf("limits: {request_timeout: %s}\nkafka: {brokers: [\"127.0.0.1:1\"]}\n", requestTimeout)
@@ -558,7 +543,7 @@ func hoStartLogged(t *testing.T, cfgDoc string) (*sidecarProc, *procLog) {
 // hoWaitReady polls /readyz until it answers 200.
 func hoWaitReady(t *testing.T, p *sidecarProc) {
 	t.Helper()
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+p.addr+"/readyz")
 		return err == nil && status == http.StatusOK, fmt.Sprintf("/readyz: %d %s %v", status, body, err)
 	})
@@ -585,7 +570,7 @@ func hoCascadeWarnings(lines []string, entities ...string) (found map[string]str
 // tail cannot invalidate them; sidecache must say so at start for each such entity.
 func TestForeignKeyCascadeWarning(t *testing.T) {
 	const db = "ho_fk"
-	_, _ = newDatabase(t, db, `CREATE TABLE parent (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	devstack.NewDatabase(t, stack, db, `CREATE TABLE parent (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		CREATE TABLE child (id INT NOT NULL PRIMARY KEY, parent_id INT NOT NULL,
 			FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE);
 		CREATE TABLE child2 (id INT NOT NULL PRIMARY KEY, parent_id INT NULL,
@@ -654,8 +639,8 @@ func hoNoLeak(t *testing.T, what, body string, leaks ...string) {
 // not the addresses, ports and users of the servers behind it.
 func TestErrorBodiesCarryNoAddresses(t *testing.T) {
 	const db = "ho_errbody"
-	_, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
-		INSERT INTO items VALUES (1, 'one'), (2, 'two')`)
+	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+		INSERT INTO items VALUES (1, 'one'), (2, 'two')`).Root
 	entities := "entities:\n  - name: items\n    ttl: 10m\n"
 
 	t.Run("redis down", func(t *testing.T) {
@@ -684,7 +669,7 @@ func TestErrorBodiesCarryNoAddresses(t *testing.T) {
 
 	t.Run("mysql access denied", func(t *testing.T) {
 		p, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, entities))
-		hoPoll(t, 30*time.Second, func() (bool, string) {
+		devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 			status, body, err := hoGet(http.MethodGet, "http://"+p.addr+"/v1/items/1")
 			return err == nil && status == http.StatusOK && body == `{"id":1,"name":"one"}`, fmt.Sprintf("GET items/1: %d %s %v", status, body, err)
 		})
@@ -727,14 +712,14 @@ func TestErrorBodiesCarryNoAddresses(t *testing.T) {
 // the leader that advances the shared checkpoint has never heard of things.
 func TestRollingDeployNewEntity(t *testing.T) {
 	const db = "ho_rolling"
-	_, root := newDatabase(t, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		CREATE TABLE things (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
 		INSERT INTO items VALUES (1, 'item one');
 		INSERT INTO things VALUES (1, 'thing one');
-		`+hoTickTable)
+		`+hoTickTable).Root
 	rc := hoRedis(t)
 	a, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: items\n    ttl: 10m\n"))
-	hoPoll(t, 30*time.Second, func() (bool, string) { return a.isLeader(), "sidecar A does not lead (sidecache_cdc_leader is not 1)" })
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) { return a.isLeader(), "sidecar A does not lead (sidecache_cdc_leader is not 1)" })
 	hoWaitTail(t, root, rc, db)
 
 	b, _ := hoStartLogged(t, hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: items\n    ttl: 10m\n  - name: things\n    ttl: 10m\n"))
@@ -759,13 +744,13 @@ func TestRollingDeployNewEntity(t *testing.T) {
 		t.Fatal(err)
 	}
 	// items, which both know: the tail runs.
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+b.addr+"/v1/items/1")
 		return err == nil && status == http.StatusOK && body == `{"id":1,"name":"item two"}`,
 			fmt.Sprintf("items/1 through B: %d %s %v, want the new name \"item two\"", status, body, err)
 	})
 	// things, which only B knows.
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+b.addr+"/v1/things/1")
 		cp, _ := hoCheckpointGTID(rc, db)
 		var pos string
@@ -787,7 +772,7 @@ func TestRollingDeployNewEntity(t *testing.T) {
 	if _, err := root.Exec("UPDATE things SET name = 'thing three' WHERE id = 1"); err != nil {
 		t.Fatal(err)
 	}
-	hoPoll(t, 30*time.Second, func() (bool, string) {
+	devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
 		status, body, err := hoGet(http.MethodGet, "http://"+b.addr+"/v1/things/1")
 		return err == nil && status == http.StatusOK && body == `{"id":1,"name":"thing three"}`,
 			fmt.Sprintf("things/1 through B, its leader: %d %s %v, want \"thing three\"", status, body, err)

@@ -42,29 +42,10 @@ func TestMain(m *testing.M) {
 }
 
 // setup creates a database with an items table and returns a config file for it.
-// newDatabase creates database name with schema, and returns the sidecar user's DSN and a
-// root connection that the test's end closes.
-func newDatabase(t *testing.T, name, schema string) (dsn string, root *sql.DB) {
-	t.Helper()
-	s := devstack.Require(t, stack)
-	dsn, err := s.CreateDatabase(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if root, err = s.Root(name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { root.Close() })
-	if _, err := root.Exec(schema); err != nil {
-		t.Fatal(err)
-	}
-	return dsn, root
-}
-
 func setup(t *testing.T, name, entities string) (path, listen string) {
 	t.Helper()
-	dsn, _ := newDatabase(t, name, `CREATE TABLE IF NOT EXISTS items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
-		INSERT IGNORE INTO items VALUES (1, 'one'), (2, 'two')`)
+	dsn := devstack.NewDatabase(t, stack, name, `CREATE TABLE IF NOT EXISTS items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+		INSERT IGNORE INTO items VALUES (1, 'one'), (2, 'two')`).DSN
 	s := stack
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -176,18 +157,11 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		done <- result{res.StatusCode, res.Header.Get("X-Cache"), string(b), nil}
 	}()
 	// Wait until the load is blocked on the lock in MariaDB.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	devstack.Eventually(t, 10*time.Second, "the request never reached MariaDB", func() bool {
 		var n int
 		root.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%`cmd_drain`.`items`%' AND STATE LIKE '%lock%'").Scan(&n)
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the request never reached MariaDB")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return n > 0
+	})
 
 	cmd.Process.Signal(syscall.SIGTERM)
 	waitLog(t, logLines, "shutting down")

@@ -63,15 +63,8 @@ entities:
 	if _, err := root.Exec("UPDATE Shop.Items SET Name = 'uno' WHERE ID = 1"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	devstack.EventuallyState(t, 15*time.Second, func() (bool, string) {
 		got := get()
-		if got == `{"ID":1,"Name":"uno"}` {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the update the sidecar still answers %s", got)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return got == `{"ID":1,"Name":"uno"}`, "after the update the sidecar still answers " + got
+	})
 }

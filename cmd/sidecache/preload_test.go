@@ -13,13 +13,15 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // preloadSetup makes a table of n rows and a config with a Bloom filter for it.
 func preloadSetup(t *testing.T, db string, n int) (cfgPath string, rc *redis.Client) {
 	t.Helper()
-	dsn, _ := newDatabase(t, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
-		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_%d`, n))
+	dsn := devstack.NewDatabase(t, stack, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_%d`, n)).DSN
 	s := stack
 	cfgPath = filepath.Join(t.TempDir(), "sidecache.yaml")
 	doc := fmt.Sprintf(`log: {level: error}

@@ -2,8 +2,10 @@ package devstack
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -44,4 +46,68 @@ func Require(tb testing.TB, s *Stack) *Stack {
 		tb.Skip("devstack: MariaDB/Redis not installed; run `make deps`")
 	}
 	return s
+}
+
+// Database is a test's own database on the stack.
+type Database struct {
+	Name string
+	DSN  string  // the DSN of the database's user, who may read and change rows
+	Root *sql.DB // root on the database, closed when the test ends
+}
+
+var dbSeq atomic.Int32
+
+// NewDatabase creates database name and its user on s (Require first: without a stack the test
+// is skipped), and runs schema on it as root. An empty name is replaced by one unique to the
+// process. The schema's statements are separated by ';' and sent in one Exec (the DSN allows
+// several statements), so a session setting such as SET time_zone holds for those after it.
+func NewDatabase(tb testing.TB, s *Stack, name, schema string) *Database {
+	tb.Helper()
+	s = Require(tb, s)
+	if name == "" {
+		name = fmt.Sprintf("db%d_%d", os.Getpid()%10000, dbSeq.Add(1))
+	}
+	d := &Database{Name: name}
+	var err error
+	if d.DSN, err = s.CreateDatabase(context.Background(), name); err != nil {
+		tb.Fatal(err)
+	}
+	if d.Root, err = s.Root(name); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { d.Root.Close() })
+	if schema != "" {
+		if _, err := d.Root.Exec(schema); err != nil {
+			tb.Fatalf("devstack: schema of %s: %v", name, err)
+		}
+	}
+	return d
+}
+
+// pollInterval is how often Eventually calls its condition.
+const pollInterval = 10 * time.Millisecond
+
+// Eventually calls cond every pollInterval until it holds, and fails the test with msg when it
+// has not after timeout.
+func Eventually(tb testing.TB, timeout time.Duration, msg string, cond func() bool) {
+	tb.Helper()
+	EventuallyState(tb, timeout, func() (bool, string) { return cond(), msg })
+}
+
+// EventuallyState calls cond until it holds, and fails the test when it has not after timeout,
+// with the state cond reported last (what was still wrong).
+func EventuallyState(tb testing.TB, timeout time.Duration, cond func() (ok bool, state string)) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %v: %s", timeout, state)
+			return
+		}
+		time.Sleep(pollInterval)
+	}
 }
