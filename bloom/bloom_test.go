@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -15,19 +14,12 @@ import (
 	"github.com/sidecache/sidecache/internal/devstack"
 )
 
-var stack *devstack.Stack
-
-func TestMain(m *testing.M) {
-	os.Exit(devstack.RunTests(m, devstack.Options{RedisOnly: true}, &stack))
-}
-
 // newFilters returns two Filters on one Redis, standing in for two sidecars, under a prefix no
 // other test uses.
 func newFilters(t *testing.T) (a, b *bloom.Filters, rc *redis.Client, prefix string) {
 	t.Helper()
 	s := devstack.Require(t, stack)
-	rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
-	t.Cleanup(func() { rc.Close() })
+	rc = s.Client(t)
 	prefix = fmt.Sprintf("bt%d:", time.Now().UnixNano())
 	return bloom.New(rc, prefix), bloom.New(rc, prefix), rc, prefix
 }

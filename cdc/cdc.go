@@ -145,9 +145,7 @@ func (o *Options) init() {
 	o.ServerID = cmp.Or(o.ServerID, DefaultServerID)
 	o.LeaderTTL = cmp.Or(max(o.LeaderTTL, 0), DefaultLeaderTTL)
 	o.OnBinlogGone = cmp.Or(o.OnBinlogGone, Reset)
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = cmp.Or(o.Logger, slog.Default())
 }
 
 // New returns a Tail.

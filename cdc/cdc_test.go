@@ -23,12 +23,6 @@ import (
 	"github.com/sidecache/sidecache/invalidation"
 )
 
-var stack *devstack.Stack
-
-func TestMain(m *testing.M) {
-	os.Exit(devstack.RunTests(m, devstack.Options{}, &stack))
-}
-
 var seq atomic.Int32
 
 type rig struct {
@@ -47,8 +41,7 @@ func newRig(t *testing.T) *rig {
 		CREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)`)
 	g := &rig{t: t, db: d.Name, root: d.Root}
 	g.prefix = g.db + ":"
-	g.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
-	t.Cleanup(func() { g.rc.Close() })
+	g.rc = stack.Client(t)
 	deleter := invalidation.NewRedis(g.rc)
 	g.inv = invalidation.New(invalidation.Options{Deleter: deleter, Dropper: deleter, Prefix: g.prefix, Delay: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())

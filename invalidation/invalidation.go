@@ -121,15 +121,11 @@ type second struct {
 
 // init fills the defaults.
 func (o *Options) init() {
-	if o.Delay == 0 {
-		o.Delay = DefaultDelay
-	}
+	o.Delay = cmp.Or(o.Delay, DefaultDelay) // negative: no second delete
 	o.RetryMin = cmp.Or(max(o.RetryMin, 0), DefaultRetryMin)
 	o.RetryMax = cmp.Or(max(o.RetryMax, 0), DefaultRetryMax)
 	o.MaxPending = cmp.Or(max(o.MaxPending, 0), DefaultMaxPending)
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = cmp.Or(o.Logger, slog.Default())
 }
 
 // New returns an Invalidator.

@@ -94,9 +94,7 @@ func (o *KafkaOptions) init() {
 	o.Backoff = cmp.Or(max(o.Backoff, 0), DefaultBackoff)
 	o.MaxBackoff = cmp.Or(max(o.MaxBackoff, 0), DefaultMaxBackoff)
 	o.QueueSize = cmp.Or(max(o.QueueSize, 0), DefaultQueueSize)
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = cmp.Or(o.Logger, slog.Default())
 }
 
 // NewKafka returns the Kafka retry path.

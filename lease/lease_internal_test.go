@@ -2,11 +2,7 @@ package lease
 
 import (
 	"context"
-	"fmt"
 	"testing"
-	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/internal/keys"
@@ -23,10 +19,9 @@ func TestProbeRetryKeepsOwnLease(t *testing.T) {
 		t.Skip(err)
 	}
 	defer s.Stop()
-	rc := redis.NewClient(&redis.Options{Addr: s.RedisAddr})
-	defer rc.Close()
+	rc := s.Client(t)
 	ctx := context.Background()
-	k := fmt.Sprintf("lt:{retry:%d}", time.Now().UnixNano())
+	k := "lt:{retry:" + keys.Token() + "}"
 	for i, want := range []int64{2, 2} {
 		res, err := rc.Eval(ctx, getOrAcquire, []string{k, keys.Lease(k)}, "token-a", 1000).Slice()
 		if err != nil || res[0].(int64) != want {

@@ -3,7 +3,6 @@ package lease_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -15,17 +14,10 @@ import (
 	"github.com/sidecache/sidecache/lease"
 )
 
-var stack *devstack.Stack
-
-func TestMain(m *testing.M) {
-	os.Exit(devstack.RunTests(m, devstack.Options{RedisOnly: true}, &stack))
-}
-
 func newLeases(t *testing.T, ttl time.Duration) (*lease.Leases, *redis.Client) {
 	t.Helper()
 	s := devstack.Require(t, stack)
-	rc := redis.NewClient(&redis.Options{Addr: s.RedisAddr})
-	t.Cleanup(func() { rc.Close() })
+	rc := s.Client(t)
 	return lease.New(rc, ttl), rc
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,12 +19,6 @@ import (
 	"github.com/sidecache/sidecache/readthrough"
 	"github.com/sidecache/sidecache/singleflight"
 )
-
-var stack *devstack.Stack
-
-func TestMain(m *testing.M) {
-	os.Exit(devstack.RunTests(m, devstack.Options{GeneralLog: true}, &stack))
-}
 
 // rig is a real MariaDB table and a real Redis, with readers on them standing in for sidecar
 // processes: each Reader has its own in-process flights, and they share Redis and its leases.
@@ -55,8 +48,7 @@ func newRig(t *testing.T, hot bool) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(g.src.Close)
-	g.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
-	t.Cleanup(func() { g.rc.Close() })
+	g.rc = stack.Client(t)
 	key := g.src.Entity("items").Key
 	parse := func(raw string) (string, error) { return key.Parse(raw, 255) }
 	g.entity = readthrough.Entity{Name: "items", ParseID: parse, TTL: time.Minute, NullTTL: time.Minute, Hot: hot}

@@ -95,14 +95,35 @@ func (a *api) invalidate(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
+// reading is a read request under way, for its metrics.
+type reading struct {
+	a      *api
+	entity string
+	start  time.Time
+}
+
+// startRead answers 405 for anything but GET; otherwise it counts the read in flight until
+// its end.
+func (a *api) startRead(w http.ResponseWriter, r *http.Request) (reading, bool) {
 	if !a.onlyGET(w, r) {
-		return
+		return reading{}, false
 	}
 	a.metrics.inFlight.Inc()
-	defer a.metrics.inFlight.Dec()
-	start := time.Now()
-	entity := r.PathValue("entity")
+	return reading{a: a, entity: r.PathValue("entity"), start: time.Now()}, true
+}
+
+// end records the read's outcome and latency.
+func (rd reading) end(outcome string) {
+	rd.a.metrics.inFlight.Dec()
+	rd.a.metrics.observe(rd.entity, outcome, rd.start)
+}
+
+func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
+	rd, ok := a.startRead(w, r)
+	if !ok {
+		return
+	}
+	entity := rd.entity
 	// No request deadline here: a hit is one Redis GET bounded by redis.timeout, and the read
 	// path puts limits.request_timeout on a miss itself, so hits do not pay for a timer.
 	res, err := a.reader.Get(r.Context(), entity, r.PathValue("id"))
@@ -111,27 +132,25 @@ func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		a.writeError(w, entity, err)
-		a.metrics.observe(entity, outcomeOf(res, err), start)
+		rd.end(outcomeOf(res, err))
 		return
 	}
 	h := w.Header()
 	h["Content-Type"] = contentJSON
 	w.Write(res.Body)
-	a.metrics.observe(entity, string(res.Status), start)
+	rd.end(string(res.Status))
 }
 
 func (a *api) getMany(w http.ResponseWriter, r *http.Request) {
-	if !a.onlyGET(w, r) {
+	rd, ok := a.startRead(w, r)
+	if !ok {
 		return
 	}
-	a.metrics.inFlight.Inc()
-	defer a.metrics.inFlight.Dec()
-	start := time.Now()
-	entity := r.PathValue("entity")
+	entity := rd.entity
 	many, err := a.reader.GetMany(r.Context(), entity, r.URL.Query()["id"])
 	if err != nil {
 		a.writeError(w, entity, err)
-		a.metrics.observe(entity, outcomeOf(readthrough.Result{}, err), start)
+		rd.end(outcomeOf(readthrough.Result{}, err))
 		return
 	}
 	size := 32
@@ -158,7 +177,7 @@ func (a *api) getMany(w http.ResponseWriter, r *http.Request) {
 	h["Content-Type"] = contentJSON
 	h["X-Cache"] = xCache[many.Status]
 	w.Write(b)
-	a.metrics.observe(entity, string(many.Status), start)
+	rd.end(string(many.Status))
 }
 
 func appendJSON(b []byte, v any) []byte {

@@ -20,12 +20,6 @@ import (
 	"github.com/sidecache/sidecache/sidecar"
 )
 
-var stack *devstack.Stack
-
-func TestMain(m *testing.M) {
-	os.Exit(devstack.RunTests(m, devstack.Options{GeneralLog: true}, &stack))
-}
-
 // env is one test's database, Redis key prefix and sidecar.
 type env struct {
 	t      *testing.T
@@ -44,8 +38,7 @@ func newDB(t *testing.T, schema string) *env {
 	d := devstack.NewDatabase(t, stack, "", schema)
 	e := &env{t: t, name: d.Name, dsn: d.DSN, root: d.Root}
 	e.prefix = e.name + ":"
-	e.redis = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
-	t.Cleanup(func() { e.redis.Close() })
+	e.redis = stack.Client(t)
 	return e
 }
 

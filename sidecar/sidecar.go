@@ -42,9 +42,7 @@ type Options struct {
 }
 
 func (o *Options) init() {
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = cmp.Or(o.Logger, slog.Default())
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}

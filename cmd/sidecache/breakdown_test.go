@@ -40,8 +40,7 @@ func startCluster(t *testing.T, db string, n int, lease bool, leaseTTL time.Dura
 	dsn := d.DSN
 	c.root = d.Root
 	s := stack
-	c.rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
-	t.Cleanup(func() { c.rc.Close() })
+	c.rc = s.Client(t)
 	for range n {
 		p := startServe(t, fmt.Sprintf(`listen: %%s
 log: {format: text}

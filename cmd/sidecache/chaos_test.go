@@ -60,8 +60,7 @@ func TestChaosConsistency(t *testing.T) {
 	root := devstack.NewDatabase(t, stack, chaosDB, chaosSchema(tables)).Root
 	root.SetMaxOpenConns(64)
 	chaosInitialRows(t, root, tables, rand.New(rand.NewPCG(seed, chaosStreamInitial)))
-	rc := redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
-	t.Cleanup(func() { rc.Close() })
+	rc := stack.Client(t)
 	chaosClearRedis(t, rc)
 
 	k := newKfake(t)

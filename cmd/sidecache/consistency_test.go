@@ -131,8 +131,7 @@ func newConsistencyRunWith(t *testing.T, db, extra string) *consistencyRun {
 	c.root = devstack.NewDatabase(t, stack, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT NOT NULL);
 		INSERT INTO items SELECT seq, CONCAT('item ', seq), 0 FROM seq_1_to_%d`, consistencyRows)).Root
 	c.maxID.Store(consistencyRows)
-	c.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
-	t.Cleanup(func() { c.rc.Close() })
+	c.rc = stack.Client(t)
 	c.cfg = `listen: %s
 log: {format: text}
 mysql: {dsn: "` + stack.DSN(db, db, db) + `"}

@@ -94,8 +94,7 @@ func hkStart(t *testing.T, db, schema string, entities []hkEntity) *hkEnv {
 	t.Helper()
 	root := devstack.NewDatabase(t, stack, db, schema+";\nCREATE TABLE ticks (n INT NOT NULL AUTO_INCREMENT PRIMARY KEY)").Root
 	e := &hkEnv{t: t, db: db, root: root}
-	e.rc = redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
-	t.Cleanup(func() { e.rc.Close() })
+	e.rc = stack.Client(t)
 	e.proc = startServe(t, hkConfig(db, "%s", entities))
 	e.base = "http://" + e.proc.addr
 	e.cfg = hkWriteConfig(t, db, entities)

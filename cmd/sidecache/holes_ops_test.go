@@ -42,8 +42,7 @@ const hoTickTable = "CREATE TABLE ho_tick (id INT NOT NULL AUTO_INCREMENT PRIMAR
 
 // hoRedis is a Redis client for the test's own reads of the documented keys.
 func hoRedis(t *testing.T) *redis.Client {
-	rc := redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
-	t.Cleanup(func() { rc.Close() })
+	rc := stack.Client(t)
 	return rc
 }
 

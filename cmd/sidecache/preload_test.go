@@ -35,8 +35,7 @@ entities:
 	if err := os.WriteFile(cfgPath, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rc = redis.NewClient(&redis.Options{Addr: s.RedisAddr})
-	t.Cleanup(func() { rc.Close() })
+	rc = s.Client(t)
 	return cfgPath, rc
 }
 

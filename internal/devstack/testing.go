@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Required reports whether integration tests must run rather than skip: under CI=true, and
@@ -34,6 +36,16 @@ func RunTests(m *testing.M, opts Options, dst **Stack) int {
 	*dst = s
 	defer s.Stop()
 	return m.Run()
+}
+
+// Main is an integration test package's whole TestMain: RunTests, then exit with its code.
+func Main(m *testing.M, opts Options, dst **Stack) { os.Exit(RunTests(m, opts, dst)) }
+
+// Client returns a Redis client on the stack's Redis, closed when the test ends.
+func (s *Stack) Client(tb testing.TB) *redis.Client {
+	rc := redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	tb.Cleanup(func() { rc.Close() })
+	return rc
 }
 
 // Require returns s, or skips the test when the stack could not start outside CI.

@@ -3,7 +3,6 @@ package devstack_test
 import (
 	"database/sql"
 	"fmt"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -11,12 +10,6 @@ import (
 
 	"github.com/sidecache/sidecache/internal/devstack"
 )
-
-var stack *devstack.Stack
-
-func TestMain(m *testing.M) {
-	os.Exit(devstack.RunTests(m, devstack.Options{}, &stack))
-}
 
 // fakeTB records the failure of a helper run on it by fail; the rest goes to the real test.
 type fakeTB struct {
