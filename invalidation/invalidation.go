@@ -20,6 +20,10 @@ import (
 	"github.com/sidecache/sidecache/internal/retry"
 )
 
+// ErrUnreachable marks a delete that did not reach Redis at all (its circuit breaker is open):
+// the retry path waits for Redis instead of counting the attempt.
+var ErrUnreachable = errors.New("redis is unreachable")
+
 // Deleter deletes keys and voids their leases (Redis.Invalidate), and reports
 // the keys whose delete failed.
 type Deleter interface {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -265,6 +266,14 @@ func (k *Kafka) handle(ctx context.Context, km kafka.Message) error {
 		k.m.delay.Observe(time.Since(km.Time).Seconds())
 	}
 	failed, err := k.o.Deleter.Invalidate(ctx, m.Key)
+	// While Redis cannot be reached at all, an attempt says nothing of the key: wait here, with
+	// backoff, rather than spend the message's attempts and dead-letter it in a long outage.
+	for b := (retry.Backoff{Min: k.o.Backoff, Max: time.Second}); len(failed) > 0 && errors.Is(err, ErrUnreachable); {
+		if err := retry.Sleep(ctx, b.Next()); err != nil {
+			return err
+		}
+		failed, err = k.o.Deleter.Invalidate(ctx, m.Key)
+	}
 	if len(failed) == 0 {
 		k.m.succeeded.Inc()
 		return nil

@@ -7,13 +7,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/invalidation"
 )
 
@@ -216,5 +219,69 @@ func TestWorkersShareAGroupAndTakeOver(t *testing.T) {
 			t.Fatalf("the message the stopped worker held (%s) was never processed by the other", stuckKey)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// unreachable fails every delete with ErrUnreachable until its outage ends, then deletes.
+type unreachable struct {
+	mu      sync.Mutex
+	down    bool
+	calls   int
+	deleted []string
+}
+
+func (u *unreachable) Invalidate(_ context.Context, keys ...string) ([]string, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.calls++
+	if u.down {
+		return keys, fmt.Errorf("%w: circuit open", invalidation.ErrUnreachable)
+	}
+	u.deleted = append(u.deleted, keys...)
+	return nil, nil
+}
+
+func (u *unreachable) state() (calls int, deleted []string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.calls, slices.Clone(u.deleted)
+}
+
+// TestUnreachableRedisSpendsNoAttempts: while Redis cannot be reached the worker waits with the
+// message in hand, however long, and deletes the key once Redis is back; it is never
+// dead-lettered for an outage.
+func TestUnreachableRedisSpendsNoAttempts(t *testing.T) {
+	c := newKafka(t)
+	del := &unreachable{down: true}
+	reg := prometheus.NewRegistry()
+	k := invalidation.NewKafka(invalidation.KafkaOptions{Brokers: c.ListenAddrs(), Topic: retryTopic, DLQTopic: dlqTopic,
+		Group: "g-unreachable", MaxAttempts: 2, Backoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, Deleter: del,
+		Registerer: reg, Logger: quiet()})
+	runKafka(t, k)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := k.Retry(ctx, []string{"k1"}, "0-1-7", errors.New("first attempt failed")); err != nil {
+		t.Fatal(err)
+	}
+	// Far more tries than max_attempts while Redis is down.
+	devstack.Eventually(t, 20*time.Second, "the worker tries the key while Redis is down", func() bool {
+		calls, _ := del.state()
+		return calls >= 10
+	})
+	del.mu.Lock()
+	del.down = false
+	del.mu.Unlock()
+	devstack.Eventually(t, 20*time.Second, "the key is deleted once Redis is back", func() bool {
+		_, deleted := del.state()
+		return slices.Contains(deleted, "k1")
+	})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "sidecache_retry_dead_lettered_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
+			t.Errorf("%v dead letters for an outage, want 0", mf.GetMetric()[0].GetCounter().GetValue())
+		}
 	}
 }

@@ -21,6 +21,7 @@ type Metrics struct {
 	refreshes        *prometheus.CounterVec
 	bloomChecks      *prometheus.CounterVec
 	bypasses         *prometheus.CounterVec
+	degraded         *prometheus.CounterVec
 }
 
 // NewMetrics creates the read path's metrics and registers them with reg (nil: not registered).
@@ -79,11 +80,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sidecache_uncovered_reads_total",
 			Help: "Reads answered from MySQL without the cache because no binlog tail covered the entity yet.",
 		}, []string{"entity"}),
+		degraded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecache_degraded_reads_total",
+			Help: "Reads the cache could not answer (Redis unreachable or its circuit open), by result: loaded (from MySQL, behind degraded.max_db_rate) or rejected (past it: 503 with Retry-After).",
+		}, []string{"entity", "result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.redisSeconds, m.mysqlSeconds, m.dbQueries, m.fills, m.nullMarkers,
 			m.fillErrors, m.sharedLoads, m.badEnvelopes, m.leases, m.leaseWaits, m.leaseWaitSeconds,
-			m.fallbacks, m.staleServes, m.refreshes, m.bloomChecks, m.bypasses)
+			m.fallbacks, m.staleServes, m.refreshes, m.bloomChecks, m.bypasses, m.degraded)
 	}
 	return m
 }
@@ -105,6 +110,7 @@ type entityMetrics struct {
 	refreshes                                      *prometheus.CounterVec // curried by entity
 	bloomAbsent, bloomMaybe, bloomErrors           prometheus.Counter
 	bypasses                                       prometheus.Counter
+	degradedLoads, degradedRejected                prometheus.Counter
 }
 
 func (m *Metrics) forEntity(name string) entityMetrics {
@@ -135,5 +141,7 @@ func (m *Metrics) forEntity(name string) entityMetrics {
 		bloomMaybe:          m.bloomChecks.WithLabelValues(name, "maybe"),
 		bloomErrors:         m.bloomChecks.WithLabelValues(name, "error"),
 		bypasses:            m.bypasses.WithLabelValues(name),
+		degradedLoads:       m.degraded.WithLabelValues(name, "loaded"),
+		degradedRejected:    m.degraded.WithLabelValues(name, "rejected"),
 	}
 }

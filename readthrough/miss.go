@@ -255,8 +255,8 @@ func (r *Reader) fallBack(ctx context.Context, e *entity, ids []string, results 
 	}
 	e.m.fallbackLoad.Inc()
 	select {
-	case r.direct <- struct{}{}:
-		defer func() { <-r.direct }()
+	case r.fallbacks <- struct{}{}:
+		defer func() { <-r.fallbacks }()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -272,15 +272,30 @@ func (r *Reader) fallBack(ctx context.Context, e *entity, ids []string, results 
 }
 
 // bypass answers one id of an entity the binlog tail does not cover, from MySQL and without the
-// cache. Concurrent requests for the key in this process share one query.
+// cache.
 func (r *Reader) bypass(ctx context.Context, e *entity, id, key string) (Result, error) {
+	e.m.bypasses.Inc()
+	return r.direct(ctx, e, id, "bypass:"+key, r.bypassLoad)
+}
+
+// bypassMany is bypass for a multi-get: one query.
+func (r *Reader) bypassMany(ctx context.Context, e *entity, ids []string) (Many, error) {
+	e.m.bypasses.Inc()
+	return r.directMany(ctx, e, ids, r.bypassLoad)
+}
+
+// loader reads rows from MySQL for a read that goes around the cache.
+type loader func(ctx context.Context, e *entity, ids []string) (map[string][]byte, error)
+
+// direct answers one id from MySQL with load, without the cache (X-Cache: bypass). Concurrent
+// requests for the key in this process share one query, in the flight named flight.
+func (r *Reader) direct(ctx context.Context, e *entity, id, flight string, load loader) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	e.m.bypasses.Inc()
-	res, shared, err := r.flights.Do(ctx, "bypass:"+key, func(ctx context.Context) (Result, error) {
+	res, shared, err := r.flights.Do(ctx, flight, func(ctx context.Context) (Result, error) {
 		ctx, cancel := context.WithTimeout(ctx, r.timeout)
 		defer cancel()
-		rows, err := r.bypassLoad(ctx, e, []string{id})
+		rows, err := load(ctx, e, []string{id})
 		if err != nil {
 			return Result{}, err
 		}
@@ -292,10 +307,9 @@ func (r *Reader) bypass(ctx context.Context, e *entity, id, key string) (Result,
 	return res, err
 }
 
-// bypassMany is bypass for a multi-get: one query.
-func (r *Reader) bypassMany(ctx context.Context, e *entity, ids []string) (Many, error) {
-	e.m.bypasses.Inc()
-	rows, err := r.bypassLoad(ctx, e, ids)
+// directMany is direct for a multi-get: one query.
+func (r *Reader) directMany(ctx context.Context, e *entity, ids []string, load loader) (Many, error) {
+	rows, err := load(ctx, e, ids)
 	if err != nil {
 		return Many{}, err
 	}
@@ -310,6 +324,7 @@ func (r *Reader) bypassMany(ctx context.Context, e *entity, ids []string) (Many,
 	return out, nil
 }
 
+// bypassLoad loads the rows of an uncovered entity, at most BypassConcurrency at once.
 func (r *Reader) bypassLoad(ctx context.Context, e *entity, ids []string) (map[string][]byte, error) {
 	select {
 	case r.bypassing <- struct{}{}:
@@ -317,6 +332,17 @@ func (r *Reader) bypassLoad(ctx context.Context, e *entity, ids []string) (map[s
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	return r.sourceLoad(ctx, e, ids)
+}
+
+// degradedLoad loads rows while the cache is unavailable, if the Degraded limiter has a token
+// for the query now; it never waits for one.
+func (r *Reader) degradedLoad(ctx context.Context, e *entity, ids []string) (map[string][]byte, error) {
+	if !r.degraded.Allow() {
+		e.m.degradedRejected.Inc()
+		return nil, ErrOverloaded
+	}
+	e.m.degradedLoads.Inc()
 	return r.sourceLoad(ctx, e, ids)
 }
 

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/lease"
@@ -35,6 +37,9 @@ var (
 	// ErrWaitTimeout: another caller held the load lease past the wait bound and the fallback
 	// is FallbackUnavailable.
 	ErrWaitTimeout = errors.New("timed out waiting for another load")
+	// ErrOverloaded: the cache is unavailable and this process has used its MySQL loads for
+	// now (Options.Degraded); the caller may retry in a second.
+	ErrOverloaded = errors.New("too many database loads while the cache is unavailable")
 )
 
 // Fallback is what a caller does when another's load holds the lease past the wait bound.
@@ -139,6 +144,11 @@ type Options struct {
 	// BypassConcurrency caps MySQL loads of uncovered entities in this process. Default
 	// DefaultBypassConcurrency.
 	BypassConcurrency int
+	// Degraded, if set, answers the reads the cache cannot (Redis unreachable, or its circuit
+	// breaker open): from the Source directly, without the Bloom filter, the lease or a fill
+	// (X-Cache: bypass), each query taking a token of Degraded first; without one the read
+	// answers ErrOverloaded. Nil: such reads fail with ErrCacheUnavailable.
+	Degraded *rate.Limiter
 	// AfterLoad, if set, runs after rows are read from MySQL and before they are cached. Tests
 	// use it to interleave a write with a load.
 	AfterLoad func(ids []string)
@@ -163,10 +173,11 @@ type Reader struct {
 	leases    *lease.Leases
 	wait      time.Duration
 	fallback  Fallback
-	direct    chan struct{} // FallbackLoad's concurrency limit
+	fallbacks chan struct{} // FallbackLoad's concurrency limit
 	afterLoad func(ids []string)
 	covered   func(entity string) bool
 	bypassing chan struct{} // loads of uncovered entities
+	degraded  *rate.Limiter // loads while the cache is unavailable
 
 	refreshSlots chan struct{} // background refresh concurrency limit
 	refreshing   sync.Map      // cache key → struct{}: refreshes running in this process
@@ -219,8 +230,9 @@ func New(opts Options) *Reader {
 		fallback:  opts.Fallback,
 		afterLoad: opts.AfterLoad,
 		covered:   opts.Covered,
+		degraded:  opts.Degraded,
 
-		direct:       make(chan struct{}, opts.FallbackConcurrency),
+		fallbacks:    make(chan struct{}, opts.FallbackConcurrency),
 		refreshSlots: make(chan struct{}, opts.MaxRefreshes),
 		bypassing:    make(chan struct{}, opts.BypassConcurrency),
 	}
@@ -263,7 +275,7 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 	b, err := r.cache.Get(ctx, key)
 	e.m.redisGet.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return Result{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+		return r.cacheDown(ctx, e, id, key, err)
 	}
 	if res, ok := e.answer(b); ok {
 		if res.Status == Stale {
@@ -274,7 +286,23 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 	if absent := r.absent(ctx, e, []string{id}); absent[0] {
 		return Result{Status: Negative}.orNotFound(e.Name, id)
 	}
-	return r.load(ctx, e, id, key)
+	res, err := r.load(ctx, e, id, key)
+	if r.degraded != nil && errors.Is(err, ErrCacheUnavailable) {
+		return r.cacheDown(ctx, e, id, key, err)
+	}
+	return res, err
+}
+
+// cacheDown answers a read that failed on Redis: from MySQL behind the Degraded limiter, or
+// ErrCacheUnavailable without one.
+func (r *Reader) cacheDown(ctx context.Context, e *entity, id, key string, err error) (Result, error) {
+	if r.degraded == nil {
+		if !errors.Is(err, ErrCacheUnavailable) {
+			err = fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+		}
+		return Result{}, err
+	}
+	return r.direct(ctx, e, id, "degraded:"+key, r.degradedLoad)
 }
 
 // absent asks the Bloom filter which ids are surely not in the table. On an error the guard
@@ -432,7 +460,7 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 	vals, err := r.cache.GetMany(ctx, keys)
 	e.m.redisGetMany.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return Many{}, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+		return r.cacheDownMany(ctx, e, ids, fmt.Errorf("%w: %w", ErrCacheUnavailable, err))
 	}
 
 	out := Many{Status: Hit}
@@ -462,6 +490,9 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 	}
 	if len(misses) > 0 {
 		loaded, err := r.loadMisses(ctx, e, misses)
+		if errors.Is(err, ErrCacheUnavailable) {
+			return r.cacheDownMany(ctx, e, ids, err)
+		}
 		if err != nil {
 			return Many{}, err
 		}
@@ -479,6 +510,14 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 		}
 	}
 	return out, nil
+}
+
+// cacheDownMany is cacheDown for a multi-get: all its ids with one query.
+func (r *Reader) cacheDownMany(ctx context.Context, e *entity, ids []string, err error) (Many, error) {
+	if r.degraded == nil {
+		return Many{}, err
+	}
+	return r.directMany(ctx, e, ids, r.degradedLoad)
 }
 
 // worse returns the status a multi-get reports: the one furthest from a plain hit.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/readthrough"
@@ -192,6 +193,41 @@ func TestCacheDownIsUnavailable(t *testing.T) {
 	}
 	if n := src.loads.Load(); n != 0 {
 		t.Errorf("with the cache down the source was asked %d times; MySQL must be spared", n)
+	}
+}
+
+// TestCacheDownDegraded: with a Degraded limiter, reads the cache cannot answer go to the
+// source, one query per token, and past the tokens answer ErrOverloaded; nothing is filled.
+func TestCacheDownDegraded(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	t.Cleanup(func() { rc.Close() })
+	src := &fakeSource{rows: map[string]string{"1": `{"id":1}`, "2": `{"id":2}`}}
+	// A bucket of 3 that refills once an hour: exactly 3 loads in this test.
+	r := readthrough.New(readthrough.Options{
+		Cache: readthrough.NewRedisCache(rc), Source: src, Entities: []readthrough.Entity{items}, KeyPrefix: "t:",
+		Degraded: rate.NewLimiter(rate.Every(time.Hour), 3),
+	})
+	mr.Close()
+	ctx := context.Background()
+	if res, err := r.Get(ctx, "items", "1"); err != nil || res.Status != readthrough.Bypass || string(res.Body) != `{"id":1}` {
+		t.Fatalf("Get with the cache down: %+v %v, want the row, bypass", res, err)
+	}
+	if res, err := r.Get(ctx, "items", "9"); !errors.Is(err, readthrough.ErrNotFound) || res.Status != readthrough.Bypass {
+		t.Fatalf("Get of an absent row: %+v %v, want not found from the source", res, err)
+	}
+	many, err := r.GetMany(ctx, "items", []string{"1", "2", "9"})
+	if err != nil || many.Status != readthrough.Bypass || len(many.Items) != 2 || len(many.Missing) != 1 {
+		t.Fatalf("GetMany with the cache down: %+v %v", many, err)
+	}
+	if n := src.loads.Load(); n != 3 {
+		t.Errorf("source asked %d times, want 3 (one query each)", n)
+	}
+	if _, err := r.Get(ctx, "items", "2"); !errors.Is(err, readthrough.ErrOverloaded) {
+		t.Fatalf("Get past the limiter: %v, want ErrOverloaded", err)
+	}
+	if n := src.loads.Load(); n != 3 {
+		t.Errorf("source asked %d times past the limiter, want still 3", n)
 	}
 }
 

@@ -29,7 +29,7 @@ func BenchmarkHTTPLayer(b *testing.B) {
 	body := make([]byte, 400)
 	a := &api{reader: fixedReader{body}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		metrics: newHTTPMetrics(prometheus.NewRegistry(), []string{"items"})}
-	h := a.routes(http.NotFoundHandler())
+	h, _ := a.routes(http.NotFoundHandler())
 	req := httptest.NewRequest("GET", "/v1/items/42", nil)
 	b.ReportAllocs()
 	for b.Loop() {

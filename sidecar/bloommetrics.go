@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,11 +11,18 @@ import (
 	"github.com/sidecache/sidecache/internal/config"
 )
 
-// bloomCollector reports each filter's size and fill, read from Redis when scraped.
+// bloomCollector reports each filter's size and fill. The fill is a BITCOUNT of the whole
+// bitmap in Redis, so it is read at most every bloomStatsEvery, not on every scrape.
 type bloomCollector struct {
 	filters *bloom.Filters
 	cfg     *config.Config
+
+	mu     sync.Mutex
+	readAt time.Time
+	last   []prometheus.Metric
 }
+
+const bloomStatsEvery = 5 * time.Second
 
 var (
 	bloomBitsDesc = prometheus.NewDesc("sidecache_bloom_bits", "Size of the entity's Bloom filter in bits.", []string{"entity"}, nil)
@@ -31,8 +39,21 @@ func (c *bloomCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *bloomCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.readAt) >= bloomStatsEvery {
+		c.last, c.readAt = c.read(), time.Now()
+	}
+	for _, m := range c.last {
+		ch <- m
+	}
+}
+
+// read reads every filter's stats from Redis.
+func (c *bloomCollector) read() []prometheus.Metric {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	var out []prometheus.Metric
 	for _, e := range c.cfg.Entities {
 		if !e.Bloom.Enabled {
 			continue
@@ -41,9 +62,11 @@ func (c *bloomCollector) Collect(ch chan<- prometheus.Metric) {
 		if err != nil || !st.Exists {
 			continue // no filter yet, or Redis unreachable: no sample rather than a wrong one
 		}
-		ch <- prometheus.MustNewConstMetric(bloomBitsDesc, prometheus.GaugeValue, float64(st.Params.M), e.Name)
-		ch <- prometheus.MustNewConstMetric(bloomHashDesc, prometheus.GaugeValue, float64(st.Params.K), e.Name)
-		ch <- prometheus.MustNewConstMetric(bloomItemDesc, prometheus.GaugeValue, st.Items, e.Name)
-		ch <- prometheus.MustNewConstMetric(bloomFPDesc, prometheus.GaugeValue, st.FPRate, e.Name)
+		out = append(out,
+			prometheus.MustNewConstMetric(bloomBitsDesc, prometheus.GaugeValue, float64(st.Params.M), e.Name),
+			prometheus.MustNewConstMetric(bloomHashDesc, prometheus.GaugeValue, float64(st.Params.K), e.Name),
+			prometheus.MustNewConstMetric(bloomItemDesc, prometheus.GaugeValue, st.Items, e.Name),
+			prometheus.MustNewConstMetric(bloomFPDesc, prometheus.GaugeValue, st.FPRate, e.Name))
 	}
+	return out
 }

@@ -47,23 +47,32 @@ type api struct {
 	metrics *httpMetrics
 	ready   func(context.Context) error
 	status  func(context.Context) Status
+	// separateAdmin: probes, /status and /metrics are on admin_listen, not with the data API.
+	separateAdmin bool
 	// lastErrLog rate-limits error logs to one a second, so an outage does not flood the log.
 	lastErrLog atomic.Int64
 }
 
-func (a *api) routes(metrics http.Handler) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/{entity}/{id}", a.getOne)
-	mux.HandleFunc("/v1/{entity}/{id}/invalidate", a.invalidate)
-	mux.HandleFunc("/v1/{entity}", a.getMany)
-	mux.HandleFunc("/healthz", a.healthz)
-	mux.HandleFunc("/readyz", a.readyz)
-	mux.HandleFunc("/status", a.statusz)
-	mux.Handle("/metrics", metrics)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		a.writeError(w, "", errNoRoute)
-	})
-	return mux
+// routes returns the data API (/v1/...) and the admin endpoints (probes, /status, /metrics),
+// each with a 404 for anything else. With admin false the data API serves both.
+func (a *api) routes(metrics http.Handler) (data, admin http.Handler) {
+	dataMux, adminMux := http.NewServeMux(), http.NewServeMux()
+	dataMux.HandleFunc("/v1/{entity}/{id}", a.getOne)
+	dataMux.HandleFunc("/v1/{entity}/{id}/invalidate", a.invalidate)
+	dataMux.HandleFunc("/v1/{entity}", a.getMany)
+	for _, mux := range []*http.ServeMux{dataMux, adminMux} {
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			a.writeError(w, "", errNoRoute)
+		})
+	}
+	if !a.separateAdmin {
+		adminMux = dataMux
+	}
+	adminMux.HandleFunc("/healthz", a.healthz)
+	adminMux.HandleFunc("/readyz", a.readyz)
+	adminMux.HandleFunc("/status", a.statusz)
+	adminMux.Handle("/metrics", metrics)
+	return dataMux, adminMux
 }
 
 // onlyGET answers 405 for anything but GET and reports whether the request may go on.
@@ -253,6 +262,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusServiceUnavailable, "db_unavailable"
 	case errors.Is(err, readthrough.ErrWaitTimeout):
 		return http.StatusServiceUnavailable, "wait_timeout"
+	case errors.Is(err, readthrough.ErrOverloaded):
+		return http.StatusServiceUnavailable, "overloaded"
 	}
 	return http.StatusInternalServerError, "internal"
 }
@@ -265,6 +276,7 @@ var serverMessages = map[string]string{
 	"cache_unavailable": "the cache (Redis) is unavailable",
 	"db_unavailable":    "the database (MySQL) is unavailable",
 	"wait_timeout":      "another sidecar's load of this key took longer than lease.wait",
+	"overloaded":        "the cache (Redis) is unavailable and this sidecar reached degraded.max_db_rate; retry later",
 	"internal":          "internal error",
 }
 
@@ -277,7 +289,9 @@ func (a *api) writeError(w http.ResponseWriter, entity string, err error) {
 		return
 	}
 	if status >= 500 {
-		if code != "canceled" {
+		if code == "overloaded" {
+			w.Header().Set("Retry-After", "1") // the limiter refills within a second
+		} else if code != "canceled" {
 			a.logFailure(entity, code, err)
 		}
 		writeJSONError(w, status, code, serverMessages[code])

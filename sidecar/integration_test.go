@@ -99,6 +99,7 @@ type response struct {
 	status int
 	cache  string
 	body   []byte
+	header http.Header
 }
 
 func (e *env) get(path string) response {
@@ -112,7 +113,7 @@ func (e *env) get(path string) response {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return response{res.StatusCode, res.Header.Get("X-Cache"), b}
+	return response{res.StatusCode, res.Header.Get("X-Cache"), b, res.Header}
 }
 
 // want checks a response's status and X-Cache header.

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/readthrough"
 )
@@ -316,5 +318,77 @@ func TestInvalidateEndpoint(t *testing.T) {
 	}
 	if r := e.get("/v1/items/1/invalidate"); r.status != 405 {
 		t.Errorf("GET invalidate: %d, want 405", r.status)
+	}
+}
+
+// TestInvalidateAddsOnlyExistingRowsToTheFilter: POST .../invalidate adds its id to the Bloom
+// filter only when the row exists, so that calls for absent ids cannot fill the filter up.
+func TestInvalidateAddsOnlyExistingRowsToTheFilter(t *testing.T) {
+	e := newDB(t, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, v INT);
+INSERT INTO items SELECT seq, seq FROM seq_1_to_100`).start(`entities:
+  - name: items
+    bloom: {enabled: true, expected_items: 5000, fp_rate: 0.001}
+`)
+	if _, err := e.sc.Preload(context.Background(), readthrough.PreloadOptions{Entity: "items"}); err != nil {
+		t.Fatal(err)
+	}
+	post := func(path string) {
+		t.Helper()
+		res, err := http.Post(e.url+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 204 {
+			t.Fatalf("POST %s: %d, want 204", path, res.StatusCode)
+		}
+	}
+	// Absent ids stay absent for the filter (fp 0.001: a false "maybe" among 20 is rare, and
+	// shows as a miss, which the count allows for).
+	var maybes int
+	for id := 900001; id <= 900020; id++ {
+		post(fmt.Sprintf("/v1/items/%d/invalidate", id))
+		if r := e.get(fmt.Sprintf("/v1/items/%d", id)); r.status != 404 {
+			t.Fatalf("absent id %d: %d", id, r.status)
+		} else if r.cache != "negative" {
+			maybes++
+		}
+	}
+	if maybes > 1 {
+		t.Errorf("%d of 20 invalidated absent ids passed the filter: invalidate added them", maybes)
+	}
+	// A row inserted without the binlog tail joins the filter through its invalidate.
+	e.exec("INSERT INTO items VALUES (900600, 1)")
+	post("/v1/items/900600/invalidate")
+	e.get("/v1/items/900600").want(t, 200, "miss")
+}
+
+// TestAdminListen: with admin_listen, probes, /status and /metrics move there and the data API
+// keeps only /v1.
+func TestAdminListen(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := ln.Addr().String()
+	ln.Close()
+	e := newDB(t, itemsSchema).start(fmt.Sprintf("admin_listen: %q\n", admin) + itemsEntity)
+	e.get("/v1/items/1").want(t, 200, "miss")
+	for _, path := range []string{"/metrics", "/readyz", "/healthz", "/status"} {
+		if code := e.get(path).want(t, 404, "").errorCode(t); code != "no_route" {
+			t.Errorf("data API %s: code %q, want no_route", path, code)
+		}
+		var res *http.Response
+		devstack.Eventually(t, 5*time.Second, "the admin endpoints answer", func() bool {
+			res, err = http.Get("http://" + admin + path)
+			return err == nil
+		})
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Errorf("admin %s: %d", path, res.StatusCode)
+		}
+	}
+	if res, err := http.Get("http://" + admin + "/v1/items/1"); err != nil || res.StatusCode != 404 {
+		t.Errorf("admin /v1/items/1: %v %v, want 404", res.StatusCode, err)
 	}
 }

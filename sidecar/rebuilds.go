@@ -17,21 +17,28 @@ import (
 // the table, an entity it did not cover before) and when one is found missing (never built, or
 // lost from Redis). A rebuild scans the table's ids; it does not warm the cache.
 type rebuilds struct {
-	s       *Sidecar
-	wake    chan struct{}
-	mu      sync.Mutex
-	pending map[string]bool
-	lastLog map[string]time.Time
-	results *prometheus.CounterVec
+	s        *Sidecar
+	wake     chan struct{}
+	mu       sync.Mutex
+	pending  map[string]bool
+	lastLog  map[string]time.Time
+	failedAt map[string]time.Time // the last failed rebuild: the next waits rebuildBackoff
+	results  *prometheus.CounterVec
+	scanned  *prometheus.GaugeVec
 }
 
 func newRebuilds(s *Sidecar, reg prometheus.Registerer) *rebuilds {
 	r := &rebuilds{s: s, wake: make(chan struct{}, 1), pending: map[string]bool{}, lastLog: map[string]time.Time{},
+		failedAt: map[string]time.Time{},
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecache_bloom_rebuilds_total",
 			Help: "Bloom filter rebuilds run by the binlog tail's leader, by result: done, superseded (reset or taken over meanwhile), error.",
-		}, []string{"entity", "result"})}
-	reg.MustRegister(r.results)
+		}, []string{"entity", "result"}),
+		scanned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sidecache_bloom_rebuild_ids",
+			Help: "Ids the running Bloom filter rebuild has scanned so far; 0 when none runs.",
+		}, []string{"entity"})}
+	reg.MustRegister(r.results, r.scanned)
 	return r
 }
 
@@ -46,13 +53,13 @@ func (r *rebuilds) request(entity string) {
 	}
 }
 
-// run rebuilds what is requested and, every ten seconds while this process leads the binlog
-// tail, whatever filter it finds missing, until ctx ends.
+// run rebuilds what is requested and, every two seconds while this process leads the binlog
+// tail, whatever filter it finds missing (Redis lost it), until ctx ends.
 func (r *rebuilds) run(ctx context.Context) {
 	if r.s.filters == nil {
 		return
 	}
-	tick := time.NewTicker(10 * time.Second)
+	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	for {
 		select {
@@ -89,9 +96,19 @@ func (r *rebuilds) next() (string, bool) {
 	return "", false
 }
 
+// rebuildBackoff is how long after a failed rebuild of a filter the next begins: a scan that
+// fails late should not rescan the table every tick.
+const rebuildBackoff = 10 * time.Second
+
 func (r *rebuilds) findMissing(ctx context.Context) {
 	for _, e := range r.s.cfg.Entities {
 		if !e.Bloom.Enabled {
+			continue
+		}
+		r.mu.Lock()
+		backingOff := time.Since(r.failedAt[e.Name]) < rebuildBackoff
+		r.mu.Unlock()
+		if backingOff {
 			continue
 		}
 		st, err := r.s.filters.State(ctx, e.Name)
@@ -104,7 +121,18 @@ func (r *rebuilds) findMissing(ctx context.Context) {
 
 func (r *rebuilds) rebuild(ctx context.Context, entity string) {
 	start := time.Now()
-	st, err := r.s.reader.Preload(ctx, readthrough.PreloadOptions{Entity: entity, Scanner: r.s.source, FilterOnly: true})
+	r.s.log.Info("bloom: rebuilding the filter from a scan of the table; every id passes until it is done", "entity", entity)
+	lastLog := start
+	progress := func(st readthrough.PreloadStats) {
+		r.scanned.WithLabelValues(entity).Set(float64(st.Rows))
+		if time.Since(lastLog) >= 5*time.Second {
+			lastLog = time.Now()
+			r.s.log.Info("bloom: rebuilding", "entity", entity, "ids", st.Rows, "of_about", st.Total,
+				"ids_per_second", int(st.RowsPerSecond()))
+		}
+	}
+	st, err := r.s.reader.Preload(ctx, readthrough.PreloadOptions{Entity: entity, Scanner: r.s.source, FilterOnly: true, Progress: progress})
+	r.scanned.WithLabelValues(entity).Set(0)
 	switch {
 	case ctx.Err() != nil:
 		return
@@ -114,6 +142,7 @@ func (r *rebuilds) rebuild(ctx context.Context, entity string) {
 	case err != nil:
 		r.results.WithLabelValues(entity, "error").Inc()
 		r.mu.Lock()
+		r.failedAt[entity] = time.Now()
 		logIt := time.Since(r.lastLog[entity]) > time.Minute
 		if logIt {
 			r.lastLog[entity] = time.Now()

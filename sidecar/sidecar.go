@@ -17,7 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/cdc"
@@ -56,6 +58,7 @@ type Sidecar struct {
 	source   *mysqlsource.Source
 	redis    redis.UniversalClient
 	faults   *faults.Faults // nil unless configured
+	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
 	leases   *lease.Leases
 	filters  *bloom.Filters // nil when no entity has a filter
 	reader   *readthrough.Reader
@@ -63,8 +66,9 @@ type Sidecar struct {
 	kafka    *invalidation.Kafka // nil unless kafka.brokers
 	tail     *cdc.Tail           // nil unless cdc.enabled
 	rebuilds *rebuilds           // Bloom filter rebuilds the binlog tail's leader runs
-	handler  http.Handler
-	cleanups []func() error // run by Close, last first
+	handler  http.Handler        // the data API, and the admin endpoints unless admin_listen
+	admin    http.Handler        // the admin endpoints; the same as handler unless admin_listen
+	cleanups []func() error      // run by Close, last first
 }
 
 // New connects to MySQL, checks every entity against its schema, and prepares the read path,
@@ -91,7 +95,7 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	s.cleanups = append(s.cleanups, cleanup)
 	s.logEntities()
 
-	s.redis, s.faults = openRedis(cfg, reg, s.log)
+	s.redis, s.faults, s.breaker = openRedis(cfg, reg, s.log)
 	s.cleanups = append(s.cleanups, s.redis.Close)
 	s.leases = lease.New(s.redis, cfg.Lease.TTL.D())
 	if cfg.AnyBloom() {
@@ -121,8 +125,10 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 		metrics: newHTTPMetrics(reg, cfg.EntityNames()),
 		ready:   s.Ready,
 		status:  s.Status,
+
+		separateAdmin: cfg.AdminListen != "",
 	}
-	s.handler = a.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	s.handler, s.admin = a.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return s, nil
 }
 
@@ -176,30 +182,6 @@ func (s *Sidecar) logEntities() {
 	}
 }
 
-// openRedis returns the Redis client (a Redis Cluster client for more than one address), with
-// the fault injection hooked in when configured. It does not connect yet.
-func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (redis.UniversalClient, *faults.Faults) {
-	rc := redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:         cfg.Redis.Addrs,
-		IsClusterMode: len(cfg.Redis.Addrs) > 1,
-		Username:      cfg.Redis.Username,
-		Password:      cfg.Redis.Password,
-		DialTimeout:   cfg.Redis.Timeout.D(),
-		ReadTimeout:   cfg.Redis.Timeout.D(),
-		WriteTimeout:  cfg.Redis.Timeout.D(),
-		PoolSize:      cfg.Redis.PoolSize,
-		MaxRetries:    1,
-	})
-	if !cfg.Faults.Enabled() {
-		return rc, nil
-	}
-	inject := faults.New(cfg.Faults.DeleteFailureRate, cfg.Faults.DeleteLatency.D(), reg)
-	rc.AddHook(inject.Hook())
-	log.Warn("fault injection is on", "delete_failure_rate", cfg.Faults.DeleteFailureRate,
-		"delete_latency", cfg.Faults.DeleteLatency.D().String(), "admin_listen", cfg.Faults.AdminListen)
-	return rc, inject
-}
-
 // newReader is the read path over the source and Redis.
 func (s *Sidecar) newReader(reg prometheus.Registerer) *readthrough.Reader {
 	cfg := s.cfg
@@ -223,6 +205,7 @@ func (s *Sidecar) newReader(reg prometheus.Registerer) *readthrough.Reader {
 		LeaseWait:           cfg.Lease.Wait.D(),
 		FallbackConcurrency: cfg.Lease.FallbackConcurrency,
 		BypassConcurrency:   cfg.MySQL.MaxOpenConns,
+		Degraded:            degradedLimiter(cfg.Degraded),
 		Metrics:             readthrough.NewMetrics(reg),
 		Logger:              s.log,
 	}
@@ -237,6 +220,16 @@ func (s *Sidecar) newReader(reg prometheus.Registerer) *readthrough.Reader {
 		o.Covered = func(entity string) bool { return s.tail.Covered(entity) }
 	}
 	return readthrough.New(o)
+}
+
+// degradedLimiter is the token bucket of MySQL loads while Redis is unreachable: max_db_rate a
+// second, with room for one at a time, so that no second sees more than the rate and one. Nil
+// with mode unavailable.
+func degradedLimiter(d config.Degraded) *rate.Limiter {
+	if d.Mode != "load" {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(d.MaxDBRate), 1)
 }
 
 // newInvalidation is the invalidation path: deletes on Redis, failed ones retried through
@@ -293,8 +286,11 @@ func (s *Sidecar) newTail(ctx context.Context, reg prometheus.Registerer, schema
 	return tail, db.Close, nil
 }
 
-// Handler returns the HTTP API.
+// Handler returns the HTTP API: the data API, and the admin endpoints unless admin_listen.
 func (s *Sidecar) Handler() http.Handler { return s.handler }
+
+// AdminHandler returns the admin endpoints: /healthz, /readyz, /status, /metrics.
+func (s *Sidecar) AdminHandler() http.Handler { return s.admin }
 
 // Invalidate deletes an entity's key now and again after the double-delete delay; for an
 // entity with a Bloom filter it first adds the id, so a row just inserted is not held absent.
@@ -308,7 +304,7 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
 	defer cancel()
 	change := invalidation.Change{Keys: []string{keys.Value(s.cfg.Redis.KeyPrefix, entity, id)}}
-	if s.filters != nil && s.cfg.Entity(entity).Bloom.Enabled {
+	if s.filters != nil && s.cfg.Entity(entity).Bloom.Enabled && s.rowMayExist(ctx, entity, id) {
 		change.Adds = map[string][]string{entity: {id}}
 	}
 	first, _, err := s.inval.Submit(ctx, change)
@@ -321,6 +317,15 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("%w: the delete failed and its retry was not acknowledged: %w", errDeleteFailed, ctx.Err())
 	}
+}
+
+// rowMayExist reports whether an invalidated id's row exists, so that only such ids join the
+// Bloom filter: ids that are not there would fill it up, and enough of them would make it
+// answer "maybe" for everything. When MySQL cannot say, the id joins: a filter that says
+// "absent" for a row that exists is the one thing it must never do.
+func (s *Sidecar) rowMayExist(ctx context.Context, entity, id string) bool {
+	_, found, err := s.source.Load(ctx, entity, id)
+	return found || err != nil
 }
 
 // ParseID validates raw as an id of entity and returns its canonical form.
@@ -348,10 +353,15 @@ func (s *Sidecar) Preload(ctx context.Context, opts readthrough.PreloadOptions) 
 // errRedisDown marks a readiness failure of Redis.
 var errRedisDown = errors.New("redis is unavailable")
 
-// Ready reports whether MySQL and Redis both answer.
+// Ready reports whether this sidecar can answer reads: MySQL must answer, and Redis too with
+// degraded.mode unavailable. With mode load a Redis outage leaves it ready, since reads are
+// then served from MySQL: a cache outage must not take every application pod out of service.
 func (s *Sidecar) Ready(ctx context.Context) error {
 	if err := s.source.Ping(ctx); err != nil {
 		return fmt.Errorf("mysql: %w", err)
+	}
+	if s.cfg.Degraded.Mode == "load" {
+		return nil
 	}
 	if err := s.redis.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("%w: %w", errRedisDown, err)
@@ -383,11 +393,21 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	var adminLn net.Listener
+	var adminLn, faultsLn net.Listener
+	if s.cfg.AdminListen != "" {
+		var err error
+		if adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("admin_listen: %w", err)
+		}
+	}
 	if s.faults != nil && s.cfg.Faults.AdminListen != "" {
 		var err error
-		if adminLn, err = net.Listen("tcp", s.cfg.Faults.AdminListen); err != nil {
+		if faultsLn, err = net.Listen("tcp", s.cfg.Faults.AdminListen); err != nil {
 			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
 			return fmt.Errorf("faults.admin_listen: %w", err)
 		}
 	}
@@ -403,11 +423,17 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	if s.kafka != nil {
 		g.Go(func() error { s.kafka.Run(gctx); return nil })
 	}
-	if adminLn != nil {
+	if faultsLn != nil {
 		g.Go(func() error {
-			return serveUntil(gctx, &http.Server{Handler: s.faults.Handler(), ReadHeaderTimeout: 5 * time.Second}, adminLn, 0)
+			return serveUntil(gctx, &http.Server{Handler: s.faults.Handler(), ReadHeaderTimeout: 5 * time.Second}, faultsLn, 0)
 		})
-		s.log.Info("fault injection admin endpoint", "addr", adminLn.Addr().String())
+		s.log.Info("fault injection admin endpoint", "addr", faultsLn.Addr().String())
+	}
+	if adminLn != nil {
+		// Probes, /status and /metrics, up until the data API has drained.
+		admin := &http.Server{Handler: s.admin, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+		g.Go(func() error { return serveUntil(gctx, admin, adminLn, time.Second) })
+		s.log.Info("admin endpoints (probes, /status, /metrics)", "addr", adminLn.Addr().String())
 	}
 	g.Go(func() error {
 		defer stopWorkers() // the workers stop once requests are drained

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 
 	"github.com/sidecache/sidecache/cdc"
 	"github.com/sidecache/sidecache/internal/retry"
@@ -14,11 +15,16 @@ import (
 
 // Status is what GET /status reports: the state of every part, without internal addresses.
 type Status struct {
-	Ready bool        `json:"ready"`
-	MySQL PartStatus  `json:"mysql"`
-	Redis PartStatus  `json:"redis"`
-	CDC   *cdc.View   `json:"cdc,omitempty"` // nil unless cdc.enabled
-	Bloom BloomStatus `json:"bloom,omitempty"`
+	Ready bool       `json:"ready"`
+	MySQL PartStatus `json:"mysql"`
+	Redis PartStatus `json:"redis"`
+	// Circuit is the circuit breaker around Redis: closed, half-open or open.
+	Circuit string `json:"circuit"`
+	// Degraded says reads go to MySQL without the cache now; DegradedMode is degraded.mode.
+	Degraded     bool        `json:"degraded"`
+	DegradedMode string      `json:"degraded_mode"`
+	CDC          *cdc.View   `json:"cdc,omitempty"` // nil unless cdc.enabled
+	Bloom        BloomStatus `json:"bloom,omitempty"`
 }
 
 // PartStatus says whether a server answers.
@@ -43,7 +49,10 @@ func (s *Sidecar) Status(ctx context.Context) Status {
 	} else {
 		st.Redis.OK = true
 	}
-	st.Ready = st.MySQL.OK && st.Redis.OK
+	st.Circuit = s.breaker.State().String()
+	st.DegradedMode = s.cfg.Degraded.Mode
+	st.Degraded = s.cfg.Degraded.Mode == "load" && (!st.Redis.OK || s.breaker.State() != gobreaker.StateClosed)
+	st.Ready = st.MySQL.OK && (st.Redis.OK || s.cfg.Degraded.Mode == "load")
 	if s.tail != nil {
 		v := s.tail.View()
 		st.CDC = &v

@@ -650,7 +650,9 @@ func TestErrorBodiesCarryNoAddresses(t *testing.T) {
 		closed := ln.Addr().String()
 		ln.Close()
 		_, port, _ := net.SplitHostPort(closed)
-		p, _ := hoStartLogged(t, hoConfig(db, closed, entities))
+		// degraded.mode unavailable: a Redis outage is a 503 then (with mode load, reads go to
+		// MySQL and stay 200).
+		p, _ := hoStartLogged(t, hoConfig(db, closed, "degraded:\n  mode: unavailable\n"+entities))
 		for _, path := range []string{"/v1/items/1", "/readyz"} {
 			status, body, err := hoGet(http.MethodGet, "http://"+p.addr+path)
 			if err != nil {

@@ -33,8 +33,13 @@ var ErrInvalid = errors.New("invalid configuration")
 
 // Config is the whole file. Every field documents its default.
 type Config struct {
-	// Listen is the HTTP address. Default "127.0.0.1:8080".
+	// Listen is the address of the data API (/v1/...). Default "127.0.0.1:8080". Keep it on
+	// loopback: the application in the pod is its only client.
 	Listen string `yaml:"listen"`
+	// AdminListen, if set, is the address of /healthz, /readyz, /status and /metrics, which then
+	// leave Listen: the kubelet's probes and Prometheus reach them on the pod's address while
+	// the data API stays on loopback. Default none: they are served on Listen.
+	AdminListen string `yaml:"admin_listen"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM. Default 10s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// Log configures the structured log on stderr.
@@ -44,6 +49,7 @@ type Config struct {
 
 	MySQL    MySQL    `yaml:"mysql"`
 	Redis    Redis    `yaml:"redis"`
+	Degraded Degraded `yaml:"degraded"`
 	Lease    Lease    `yaml:"lease"`
 	Kafka    Kafka    `yaml:"kafka"`
 	CDC      CDC      `yaml:"cdc"`
@@ -83,8 +89,12 @@ type MySQL struct {
 
 // Redis is the cache.
 type Redis struct {
-	// Addrs are host:port pairs; more than one means Redis Cluster. Default ["127.0.0.1:6379"].
+	// Addrs are host:port pairs; more than one means Redis Cluster, unless MasterName is set.
+	// Default ["127.0.0.1:6379"].
 	Addrs []string `yaml:"addrs"`
+	// MasterName, if set, is the master's name in Redis Sentinel; Addrs are then the Sentinels'
+	// addresses, and the client follows a failover to the promoted replica. Default none.
+	MasterName string `yaml:"master_name"`
 	// Username and Password authenticate (Redis ACL / requirepass). Default none.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
@@ -94,6 +104,16 @@ type Redis struct {
 	Timeout Duration `yaml:"timeout"`
 	// PoolSize is the connection pool size per node. Default 10 per CPU (go-redis's default).
 	PoolSize int `yaml:"pool_size"`
+}
+
+// Degraded configures reads while Redis is unreachable (its circuit breaker is open).
+type Degraded struct {
+	// Mode is "load": read MySQL directly, without the Bloom filter, the lease or a fill
+	// (X-Cache: bypass), behind MaxDBRate; or "unavailable": answer 503 at once. Default "load".
+	Mode string `yaml:"mode"`
+	// MaxDBRate caps the MySQL loads (queries) per second of one process while degraded; past
+	// it a read answers 503 with Retry-After. Required > 0 with mode "load". Default 100.
+	MaxDBRate float64 `yaml:"max_db_rate"`
 }
 
 // Lease configures the cluster-wide load lease: one MySQL query per key per fill across every
@@ -324,6 +344,8 @@ const (
 	DefaultKeyPrefix       = "sc:"
 	DefaultRedisTimeout    = 500 * time.Millisecond
 	DefaultFallback        = "load"
+	DefaultDegradedMode    = "load"
+	DefaultMaxDBRate       = 100
 )
 
 func (c *Config) applyDefaults() {
@@ -341,6 +363,10 @@ func (c *Config) applyDefaults() {
 	}
 	setDefault(&c.Redis.KeyPrefix, DefaultKeyPrefix)
 	setDefault(&c.Redis.Timeout, Duration(DefaultRedisTimeout))
+	setDefault(&c.Degraded.Mode, DefaultDegradedMode)
+	if c.Degraded.Mode == "load" {
+		setDefault(&c.Degraded.MaxDBRate, DefaultMaxDBRate)
+	}
 	if c.Lease.Enabled == nil {
 		on := true
 		c.Lease.Enabled = &on
@@ -435,6 +461,26 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return bad(fmt.Sprintf("redis.addrs[%d]", i), "%q: %v", a, err)
 		}
+	}
+	if c.AdminListen != "" {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			return bad("admin_listen", "%q: %v", c.AdminListen, err)
+		}
+		if c.AdminListen == c.Listen {
+			return bad("admin_listen", "must differ from listen (leave it out to serve everything on listen)")
+		}
+	}
+	switch c.Degraded.Mode {
+	case "load":
+		if !(c.Degraded.MaxDBRate > 0) {
+			return bad("degraded.max_db_rate", "must be positive with degraded.mode load (it caps MySQL loads per second while Redis is down)")
+		}
+	case "unavailable":
+	default:
+		return bad("degraded.mode", "%q is not one of load, unavailable", c.Degraded.Mode)
+	}
+	if strings.ContainsAny(c.Redis.MasterName, " \t\r\n") {
+		return bad("redis.master_name", "%q may not contain white space", c.Redis.MasterName)
 	}
 	if strings.ContainsAny(c.Redis.KeyPrefix, "{} \t\r\n") {
 		return bad("redis.key_prefix", "%q may not contain braces or white space (braces are hash tags in Redis Cluster)", c.Redis.KeyPrefix)

@@ -44,6 +44,10 @@ func TestParseDefaults(t *testing.T) {
 		{"lease.wait", c.Lease.Wait.D(), 2 * time.Second},
 		{"lease.fallback", c.Lease.Fallback, "load"},
 		{"lease.fallback_concurrency", c.Lease.FallbackConcurrency, 4},
+		{"degraded.mode", c.Degraded.Mode, "load"},
+		{"degraded.max_db_rate", c.Degraded.MaxDBRate, 100.0},
+		{"admin_listen", c.AdminListen, ""},
+		{"redis.master_name", c.Redis.MasterName, ""},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -89,6 +93,10 @@ func TestParseErrors(t *testing.T) {
 		{"one attempt", minimal + "kafka:\n  max_attempts: 1\n", []string{"kafka.max_attempts", "at least 2"}},
 		{"same retry and dlq topic", minimal + "kafka:\n  dlq_topic: sidecache.invalidate.retry\n", []string{"kafka.dlq_topic"}},
 		{"bad fallback", minimal + "lease:\n  fallback: retry\n", []string{"lease.fallback"}},
+		{"bad degraded mode", minimal + "degraded:\n  mode: stale\n", []string{"degraded.mode"}},
+		{"negative max_db_rate", minimal + "degraded:\n  max_db_rate: -5\n", []string{"degraded.max_db_rate", "positive"}},
+		{"admin on the data address", minimal + "admin_listen: \"127.0.0.1:8080\"\n", []string{"admin_listen", "differ"}},
+		{"bad admin address", minimal + "admin_listen: \"9090\"\n", []string{"admin_listen"}},
 		{"lease wait past the request timeout", minimal + "lease:\n  wait: 5s\n", []string{"lease.wait", "limits.request_timeout"}},
 		{"lease ttl too short", minimal + "lease:\n  ttl: 1ms\n", []string{"lease.ttl"}},
 		{"negative stale_ttl", minimal + "    hot: true\n    stale_ttl: -1s\n", []string{`entity "items": stale_ttl`}},

@@ -1,0 +1,146 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/sidecache/sidecache/internal/config"
+	"github.com/sidecache/sidecache/internal/faults"
+	"github.com/sidecache/sidecache/invalidation"
+)
+
+// The circuit breaker around Redis: after breakerTrips consecutive failures it opens, and for
+// breakerOpen every Redis call fails at once instead of waiting for a timeout; then one call is
+// let through, and its success closes the circuit. The binlog tail polls Redis every half
+// second, so a Redis that came back closes the circuit within a second even with no reads.
+const (
+	breakerTrips = 5
+	breakerOpen  = 500 * time.Millisecond
+)
+
+// errCircuitOpen is what a Redis call returns while the circuit is open.
+var errCircuitOpen = fmt.Errorf("%w: circuit open (Redis failed repeatedly; calls resume after a probe succeeds)", invalidation.ErrUnreachable)
+
+// openRedis returns the Redis client: a Sentinel failover client with redis.master_name, a
+// Redis Cluster client for more than one address, a standalone one otherwise. Fault injection
+// is hooked in when configured, then the circuit breaker, which therefore never counts an
+// injected failure. It does not connect yet.
+func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (redis.UniversalClient, *faults.Faults, *gobreaker.TwoStepCircuitBreaker[struct{}]) {
+	rc := redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:         cfg.Redis.Addrs,
+		MasterName:    cfg.Redis.MasterName,
+		IsClusterMode: len(cfg.Redis.Addrs) > 1 && cfg.Redis.MasterName == "",
+		Username:      cfg.Redis.Username,
+		Password:      cfg.Redis.Password,
+		DialTimeout:   cfg.Redis.Timeout.D(),
+		ReadTimeout:   cfg.Redis.Timeout.D(),
+		WriteTimeout:  cfg.Redis.Timeout.D(),
+		PoolSize:      cfg.Redis.PoolSize,
+		MaxRetries:    1,
+		// One dial per attempt: a Redis that refuses connections fails the call at once (go-redis
+		// would otherwise dial five times, 100ms apart), and the circuit breaker takes it from
+		// there.
+		DialerRetries: 1,
+	})
+	var inject *faults.Faults
+	if cfg.Faults.Enabled() {
+		inject = faults.New(cfg.Faults.DeleteFailureRate, cfg.Faults.DeleteLatency.D(), reg)
+		rc.AddHook(inject.Hook())
+		log.Warn("fault injection is on", "delete_failure_rate", cfg.Faults.DeleteFailureRate,
+			"delete_latency", cfg.Faults.DeleteLatency.D().String(), "admin_listen", cfg.Faults.AdminListen)
+	}
+	cb := newBreaker(cfg, reg, log)
+	rc.AddHook(breakerHook{cb})
+	return rc, inject, cb
+}
+
+func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	state := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sidecache_redis_circuit_state", Help: "The circuit breaker around Redis: 0 closed, 1 half-open (probing), 2 open.",
+	})
+	changes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sidecache_redis_circuit_changes_total", Help: "Changes of the circuit breaker around Redis, by the state entered.",
+	}, []string{"state"})
+	reg.MustRegister(state, changes)
+	opened := "Redis is failing: the circuit is open; reads go to MySQL (degraded.mode load, at most degraded.max_db_rate queries a second), and nothing is cached until Redis answers again"
+	if cfg.Degraded.Mode == "unavailable" {
+		opened = "Redis is failing: the circuit is open; reads answer 503 (degraded.mode unavailable) until Redis answers again"
+	}
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "redis",
+		MaxRequests: 1,
+		Timeout:     breakerOpen,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= breakerTrips },
+		IsSuccessful: func(err error) bool {
+			var re redis.Error // an answer from Redis, as opposed to no answer
+			return err == nil || errors.As(err, &re)
+		},
+		// A caller that gave up, or a failure fault injection made up, says nothing of Redis.
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, context.Canceled) || errors.Is(err, faults.ErrInjected)
+		},
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			state.Set(float64(to))
+			changes.WithLabelValues(to.String()).Inc()
+			switch {
+			case to == gobreaker.StateOpen && from == gobreaker.StateClosed:
+				log.Warn(opened)
+			case to == gobreaker.StateClosed:
+				log.Warn("Redis answers again: the circuit is closed; reads use the cache")
+			}
+		},
+	})
+}
+
+// breakerHook passes each Redis call through the circuit breaker.
+type breakerHook struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+}
+
+// passed marks a context whose call the breaker already let through: the commands go-redis
+// runs inside it (HELLO and CLIENT SETINFO on a new connection) belong to that call, and must
+// not count as more calls, or the half-open circuit's one probe could never succeed.
+type passed struct{}
+
+func (h breakerHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if ctx.Value(passed{}) != nil {
+			return next(ctx, cmd)
+		}
+		done, err := h.cb.Allow()
+		if err != nil {
+			cmd.SetErr(errCircuitOpen)
+			return errCircuitOpen
+		}
+		err = next(context.WithValue(ctx, passed{}, true), cmd)
+		done(err)
+		return err
+	}
+}
+
+func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if ctx.Value(passed{}) != nil {
+			return next(ctx, cmds)
+		}
+		done, err := h.cb.Allow()
+		if err != nil {
+			for _, c := range cmds {
+				c.SetErr(errCircuitOpen)
+			}
+			return errCircuitOpen
+		}
+		err = next(context.WithValue(ctx, passed{}, true), cmds)
+		done(err)
+		return err
+	}
+}
