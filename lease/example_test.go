@@ -13,11 +13,8 @@ import (
 // its lease, load the row while the lease is renewed, and fill only if the lease is still held
 // (an invalidation in between deletes the lease, and the fill then does nothing).
 func ExampleLeases_Probe() {
-	ctx := context.Background()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	leases := lease.New(rdb, 3*time.Second)
-	key := "sc:{items:42}"
-
+	leases := lease.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}), 3*time.Second)
+	ctx, key := context.Background(), "sc:{items:42}"
 	probes, err := leases.Probe(ctx, []string{key})
 	if err != nil {
 		panic(err)
