@@ -1,5 +1,5 @@
-// Package devstack starts a throwaway MariaDB and Redis as child processes in a temporary
-// directory on free loopback ports. Tests, `make run`, demos and load runs use it so that
+// Package devstack starts a throwaway MariaDB and Redis (standalone, or a master, a replica
+// and Sentinels) as child processes in a temporary directory on free loopback ports. Tests, `make run`, demos and load runs use it so that
 // everything runs against real servers without touching the machine's own services.
 package devstack
 
@@ -35,6 +35,13 @@ type Options struct {
 	GeneralLog bool
 	// RedisOnly starts Redis alone, for tests of Redis behaviour.
 	RedisOnly bool
+	// Sentinel starts Redis as a master, one replica of it and Redis Sentinels that watch
+	// them, for tests of failover (see sentinel.go). RedisAddr is then the master at start.
+	Sentinel bool
+	// Sentinels is how many Sentinels watch the master when Sentinel is set. Default 3
+	// (quorum 2); 1 (quorum 1) starts about 2 s sooner, as it need not wait for the Sentinels
+	// to find each other.
+	Sentinels int
 	// LowerCaseTableNames starts MariaDB with lower_case_table_names=1, as servers whose
 	// schemas came from Windows or macOS often run: table names are stored in lower case and
 	// compared without regard to case.
@@ -47,14 +54,23 @@ type Options struct {
 type Stack struct {
 	Dir       string
 	MySQLAddr string // host:port
-	RedisAddr string // host:port
+	RedisAddr string // host:port; with Options.Sentinel, the master at start
+
+	// With Options.Sentinel: the replica at start, the Sentinels' addresses and the name
+	// they know the master by (redis.master_name in a sidecache config).
+	RedisReplicaAddr string
+	SentinelAddrs    []string
+	MasterName       string
 
 	ownDir bool
 	logf   func(string, ...any)
 
-	mu    sync.Mutex
-	mysql *proc
-	redis *proc
+	mu        sync.Mutex
+	mysql     *proc
+	redis     *proc
+	replica   *proc
+	sentinels []*proc
+	killed    string // the master KillRedisMaster killed last
 }
 
 // proc is a started server and a channel closed when it has exited.
@@ -75,11 +91,13 @@ func startProc(cmd *exec.Cmd) (*proc, error) {
 	return p, nil
 }
 
-// stop asks the server to shut down and kills its process group if it takes too long.
+// stop asks the server to shut down and kills its process group if it takes too long. A
+// server stopped by SIGSTOP (PauseRedis) is continued first, or it would not see the SIGTERM.
 func (p *proc) stop() {
 	if p == nil {
 		return
 	}
+	p.cmd.Process.Signal(syscall.SIGCONT)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -87,6 +105,16 @@ func (p *proc) stop() {
 		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
+}
+
+// kill ends the server's process group with SIGKILL, as a crash or an OOM kill would, and
+// waits for it to exit.
+func (p *proc) kill() {
+	if p == nil {
+		return
+	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
 }
 
 // Missing returns the names of the server binaries that cannot be found.
@@ -158,6 +186,12 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		s.Stop()
 		return nil, err
 	}
+	if opts.Sentinel {
+		if err := s.startSentinels(ctx, opts.Sentinels); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -226,111 +260,142 @@ lower_case_table_names=%s
 		}
 	}
 	bin, _ := lookPath("mariadbd")
-	logFile, err := os.Create(filepath.Join(s.Dir, "mysqld.log"))
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(bin, "--defaults-file="+cnf)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p, err := startProc(cmd)
-	logFile.Close()
-	if err != nil {
-		return fmt.Errorf("devstack: start mariadbd: %w", err)
-	}
-	s.mu.Lock()
-	s.mysql = p
-	s.mu.Unlock()
-	exited := p.done
-
 	db, err := sql.Open("mysql", s.DSN("root", "", ""))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err = db.PingContext(pctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(filepath.Join(s.Dir, "mysqld.log"))
-			return fmt.Errorf("devstack: mariadbd exited during start:\n%s", tail(b))
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("devstack: mariadbd not ready after 60s: %w", err)
-		}
+	p, err := launch(ctx, exec.Command(bin, "--defaults-file="+cnf), "mariadbd", filepath.Join(s.Dir, "mysqld.log"),
+		60*time.Second, func() error {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			return db.PingContext(pctx)
+		})
+	if err != nil {
+		return err
 	}
+	s.mu.Lock()
+	s.mysql = p
+	s.mu.Unlock()
 	s.logf("mariadb ready on %s (data in %s)", s.MySQLAddr, data)
 	return nil
 }
 
-// StartRedis starts (or restarts, after StopRedis) the Redis server on its port.
+// StartRedis starts (or restarts, after StopRedis or KillRedis) the Redis server on its port,
+// empty: it never saves. In a Sentinel stack that is the master at start.
 func (s *Stack) StartRedis(ctx context.Context) error {
+	_, port, _ := net.SplitHostPort(s.RedisAddr)
+	// A replica's first sync would otherwise wait 5 s (repl-diskless-sync-delay) for others.
+	p, err := s.startRedisServer(ctx, s.RedisAddr, "redis", "--port", port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.Dir, "--daemonize", "no", "--protected-mode", "no",
+		"--repl-diskless-sync-delay", "0")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.redis = p
+	s.mu.Unlock()
+	return nil
+}
+
+// startRedisServer runs redis-server with args, its output in NAME.log in the stack's
+// directory, and waits until addr answers PING.
+func (s *Stack) startRedisServer(ctx context.Context, addr, name string, args ...string) (*proc, error) {
 	bin, err := lookPath("redis-server")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, port, _ := net.SplitHostPort(s.RedisAddr)
-	logFile, err := os.OpenFile(filepath.Join(s.Dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	p, err := launch(ctx, exec.Command(bin, args...), name, filepath.Join(s.Dir, name+".log"), 20*time.Second,
+		func() error { return pingRedis(addr) })
+	if err == nil {
+		s.logf("%s ready on %s", name, addr)
+	}
+	return p, err
+}
+
+// launch starts cmd in a process group of its own that dies with this process, its output
+// appended to logPath, and waits until ready returns nil. A process that exits first is an
+// error quoting its log; one not ready within timeout, or when ctx ends, is killed.
+func launch(ctx context.Context, cmd *exec.Cmd, name, logPath string, timeout time.Duration, ready func() error) (*proc, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", s.Dir, "--daemonize", "no", "--protected-mode", "no")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	p, err := startProc(cmd)
 	logFile.Close()
 	if err != nil {
-		return fmt.Errorf("devstack: start redis-server: %w", err)
+		return nil, fmt.Errorf("devstack: start %s: %w", name, err)
 	}
-	s.mu.Lock()
-	s.redis = p
-	s.mu.Unlock()
-	exited := p.done
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for {
-		if pingRedis(s.RedisAddr) == nil {
-			s.logf("redis ready on %s", s.RedisAddr)
-			return nil
+		err := ready()
+		if err == nil {
+			return p, nil
 		}
 		select {
-		case <-exited:
-			b, _ := os.ReadFile(filepath.Join(s.Dir, "redis.log"))
-			return fmt.Errorf("devstack: redis-server exited during start:\n%s", tail(b))
+		case <-p.done:
+			b, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("devstack: %s exited during start:\n%s", name, tail(b))
 		case <-ctx.Done():
-			return ctx.Err()
+			p.kill()
+			return nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return errors.New("devstack: redis-server not ready after 20s")
+			p.kill()
+			return nil, fmt.Errorf("devstack: %s not ready after %v: %w", name, timeout, err)
 		}
 	}
 }
 
-// StopRedis kills the Redis server and waits for it to exit; StartRedis brings it back.
+// StopRedis stops the Redis server and waits for it to exit; StartRedis brings it back.
 func (s *Stack) StopRedis() {
-	s.mu.Lock()
-	cmd := s.redis
-	s.redis = nil
-	s.mu.Unlock()
-	cmd.stop()
+	s.takeRedis().stop()
 }
 
-// Stop ends both servers and removes the directory if Start created it.
+// KillRedis ends the Redis server with SIGKILL, as a crash would, and waits for it to exit;
+// StartRedis brings it back empty.
+func (s *Stack) KillRedis() {
+	s.takeRedis().kill()
+}
+
+func (s *Stack) takeRedis() *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.redis
+	s.redis = nil
+	return p
+}
+
+// PauseRedis stops the Redis server with SIGSTOP: connections are still accepted by the
+// kernel, but nothing is answered, as with a Redis that hangs. ResumeRedis continues it.
+func (s *Stack) PauseRedis() error { return s.signalRedis(syscall.SIGSTOP) }
+
+// ResumeRedis continues a Redis server that PauseRedis stopped.
+func (s *Stack) ResumeRedis() error { return s.signalRedis(syscall.SIGCONT) }
+
+func (s *Stack) signalRedis(sig syscall.Signal) error {
+	s.mu.Lock()
+	p := s.redis
+	s.mu.Unlock()
+	if p == nil {
+		return errors.New("devstack: redis-server is not running")
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// Stop ends every server and removes the directory if Start created it.
 func (s *Stack) Stop() {
 	s.mu.Lock()
-	m, r := s.mysql, s.redis
-	s.mysql, s.redis = nil, nil
+	m, r, rr, ss := s.mysql, s.redis, s.replica, s.sentinels
+	s.mysql, s.redis, s.replica, s.sentinels = nil, nil, nil, nil
 	s.mu.Unlock()
+	for _, p := range ss {
+		p.stop()
+	}
+	rr.stop()
 	r.stop()
 	m.stop()
 	if s.ownDir {
