@@ -63,6 +63,12 @@ func (e *env) start(entitiesYAML string) *env {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return e.serve(cfg)
+}
+
+// serve starts a sidecar with cfg and serves it until the test ends.
+func (e *env) serve(cfg *config.Config) *env {
+	e.t.Helper()
 	sc, err := newSidecar(cfg)
 	if err != nil {
 		e.t.Fatal(err)

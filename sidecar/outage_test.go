@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/devstack"
 )
 
@@ -135,4 +138,126 @@ func TestRedisOutageLoadMode(t *testing.T) {
 		return r.cache == "miss", fmt.Sprintf("the circuit did not close once Redis was back: last read %d X-Cache=%q %s", r.status, r.cache, r.body)
 	})
 	e.get("/v1/items/3").want(t, 200, "hit")
+}
+
+// status reads GET /status.
+func (e *env) status() (st struct {
+	Ready    bool   `json:"ready"`
+	Circuit  string `json:"circuit"`
+	Degraded bool   `json:"degraded"`
+}) {
+	e.t.Helper()
+	if err := json.Unmarshal(e.get("/status").want(e.t, 200, "").body, &st); err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+// TestCircuitOpensProbesAndCloses: on a real Redis that hangs (SIGSTOP: the port accepts,
+// nothing answers) and on one that is gone (SIGKILL: connections refused), the circuit opens
+// after repeated failures while reads go on from MySQL, and closes again through a half-open
+// probe once Redis answers.
+func TestCircuitOpensProbesAndCloses(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		fail, heal  func() error
+		emptyOnHeal bool
+	}{
+		{"SIGSTOP", stack.PauseRedis, stack.ResumeRedis, false},
+		{"SIGKILL", func() error { stack.KillRedis(); return nil }, func() error { return stack.StartRedis(context.Background()) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newDB(t, itemsSchema).start(itemsEntity)
+			e.get("/v1/items/1").want(t, 200, "miss")
+			if err := tc.fail(); err != nil {
+				t.Fatal(err)
+			}
+			healed := false
+			t.Cleanup(func() {
+				if !healed {
+					tc.heal()
+				}
+			})
+			devstack.EventuallyState(t, 20*time.Second, func() (bool, string) {
+				r := e.get("/v1/items/1")
+				if r.status != 200 || r.cache != "bypass" {
+					t.Fatalf("read while Redis is down: %d X-Cache=%q %s, want 200 bypass", r.status, r.cache, r.body)
+				}
+				st := e.status()
+				return st.Circuit == "open" && st.Degraded && st.Ready, fmt.Sprintf("status %+v, want the circuit open, degraded, ready", st)
+			})
+			if err := tc.heal(); err != nil {
+				t.Fatal(err)
+			}
+			healed = true
+			want := "hit"
+			if tc.emptyOnHeal {
+				want = "miss"
+			}
+			devstack.EventuallyState(t, 5*time.Second, func() (bool, string) {
+				r := e.get("/v1/items/1")
+				return r.cache == want, fmt.Sprintf("read after Redis is back: %d X-Cache=%q, want %s", r.status, r.cache, want)
+			})
+			if st := e.status(); st.Circuit != "closed" || st.Degraded {
+				t.Errorf("status after Redis is back: %+v, want the circuit closed", st)
+			}
+			metrics := string(e.get("/metrics").body)
+			for _, state := range []string{"open", "half-open", "closed"} {
+				if !strings.Contains(metrics, `sidecache_redis_circuit_changes_total{state="`+state+`"}`) {
+					t.Errorf("/metrics: the circuit never went %s", state)
+				}
+			}
+		})
+	}
+}
+
+// TestSentinelFailover: with redis.master_name the sidecar finds the master through the
+// Sentinels and follows a failover to the promoted replica.
+func TestSentinelFailover(t *testing.T) {
+	devstack.Require(t, stack)
+	ctx := context.Background()
+	rs, err := devstack.Start(ctx, devstack.Options{RedisOnly: true, Sentinel: true, Sentinels: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rs.Stop)
+	sentinels, _ := json.Marshal(rs.SentinelAddrs)
+	e := newDB(t, itemsSchema)
+	cfg, err := config.Parse([]byte(fmt.Sprintf("mysql:\n  dsn: %q\nredis:\n  addrs: %s\n  master_name: %q\n  key_prefix: %q\n%s",
+		e.dsn, sentinels, rs.MasterName, e.prefix, itemsEntity)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.serve(cfg)
+	e.get("/v1/items/1").want(t, 200, "miss")
+	e.get("/v1/items/1").want(t, 200, "hit")
+	old, err := rs.KillRedisMaster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	promoted, err := rs.WaitFailover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if promoted == old {
+		t.Fatalf("the Sentinels still name %s", old)
+	}
+	// Served from the promoted replica (the row was replicated), then an update invalidated
+	// there reads back new.
+	devstack.EventuallyState(t, 10*time.Second, func() (bool, string) {
+		r := e.get("/v1/items/1")
+		return r.cache == "hit", fmt.Sprintf("read after the failover: %d X-Cache=%q", r.status, r.cache)
+	})
+	e.exec("UPDATE items SET name = 'uno' WHERE id = 1")
+	res, err := http.Post(e.url+"/v1/items/1/invalidate", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 204 {
+		t.Fatalf("invalidate after the failover: %d", res.StatusCode)
+	}
+	if r := e.get("/v1/items/1").want(t, 200, "miss"); !strings.Contains(string(r.body), `"uno"`) {
+		t.Errorf("after the failover and an invalidate: %s", r.body)
+	}
 }
