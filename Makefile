@@ -53,8 +53,9 @@ bench-hit: deps-bench build
 	bin/hitpath -bin $(BIN)
 
 # outage runs two sidecars under reads and writes while Redis goes away: SCENARIO kill (default:
-# killed, down 8 s, back empty), unavailable (degraded.mode unavailable) or sentinel (the
-# master killed, the replica promoted). OUTAGE_FLAGS adds flags (bin/outage -h lists them).
+# killed, down 8 s, back empty), unavailable (degraded.mode unavailable), sentinel (the master
+# killed, the replica promoted) or hang (SIGSTOP for 8 s). OUTAGE_FLAGS adds flags
+# (bin/outage -h lists them).
 SCENARIO ?= kill
 OUTAGE_FLAGS ?=
 outage: deps build

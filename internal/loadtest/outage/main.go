@@ -10,6 +10,8 @@
 //     503s that must be fast, and MySQL must see next to no queries.
 //   - sentinel: Redis is a master, a replica and three Sentinels; the master is killed and
 //     the Sentinels promote the replica, which the sidecars must follow.
+//   - hang: Redis is stopped with SIGSTOP instead: connections are accepted and never
+//     answered, so every call runs into its timeout; SIGCONT brings it back with its data.
 //
 // It prints requests per second by status before, during and after the outage, latency during
 // it, MySQL's own count of SELECTs per second (Com_select), how long after Redis was back 99%
@@ -60,7 +62,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "bin/sidecache", "the sidecache binary")
-	flag.StringVar(&o.scenario, "scenario", "kill", "kill, unavailable or sentinel")
+	flag.StringVar(&o.scenario, "scenario", "kill", "kill, unavailable, sentinel or hang")
 	flag.StringVar(&o.dir, "dir", "", "keep the servers' data, configs and logs here (default: a temporary directory, removed)")
 	flag.IntVar(&o.rows, "rows", 10_000, "rows in the table at the start")
 	flag.IntVar(&o.sidecars, "sidecars", 2, "sidecache processes")
@@ -71,14 +73,14 @@ func main() {
 	flag.IntVar(&o.maxDBRate, "max-db-rate", 100, "degraded.max_db_rate of each sidecar")
 	flag.BoolVar(&o.noDegraded, "no-degraded", false, "leave degraded out of the config (for a sidecache that does not know it)")
 	flag.DurationVar(&o.warmup, "warmup", 10*time.Second, "load before Redis goes away")
-	flag.DurationVar(&o.outage, "outage", 8*time.Second, "how long Redis stays down (kill, unavailable)")
+	flag.DurationVar(&o.outage, "outage", 8*time.Second, "how long Redis stays down (kill, unavailable, hang)")
 	flag.DurationVar(&o.after, "after", 12*time.Second, "load after Redis is back")
 	flag.DurationVar(&o.latency, "latency-goal", 50*time.Millisecond, "p99 latency goal during the outage")
 	flag.Parse()
 	switch o.scenario {
-	case "kill", "unavailable", "sentinel":
+	case "kill", "unavailable", "sentinel", "hang":
 	default:
-		fmt.Fprintf(os.Stderr, "outage: unknown scenario %q (kill, unavailable or sentinel)\n", o.scenario)
+		fmt.Fprintf(os.Stderr, "outage: unknown scenario %q (kill, unavailable, sentinel or hang)\n", o.scenario)
 		os.Exit(2)
 	}
 	ok, err := run(o)
@@ -166,6 +168,18 @@ func run(o options) (ok bool, err error) {
 		}
 		ev.back = r.since()
 		logf("redis is back, empty")
+	case "hang":
+		ev.down = r.since()
+		if err := stack.PauseRedis(); err != nil {
+			return false, err
+		}
+		logf("stopped redis with SIGSTOP; it hangs %v", o.outage)
+		sleep(ctx, o.outage)
+		if err := stack.ResumeRedis(); err != nil {
+			return false, err
+		}
+		ev.back = r.since()
+		logf("redis continues, with its data")
 	case "sentinel":
 		ev.down = r.since()
 		if _, err := stack.KillRedisMaster(ctx); err != nil {

@@ -87,8 +87,12 @@ func (r *report) traffic() {
 	fmt.Printf("\nscenario %s: %d sidecars, %s; %d rows; %d readers at %d req/s (%.0f%% multi-gets of %d ids); %d writes/s\n",
 		o.scenario, o.sidecars, degraded, o.rows, o.readers, o.rate, o.multi*100, multiIDs, o.writeRate)
 	ph := r.phases()
+	back := map[string]string{"sentinel": "the sentinels promoted the replica", "hang": "continued with its data"}[o.scenario]
+	if back == "" {
+		back = "restarted empty"
+	}
 	fmt.Printf("Redis away at %.1fs, back at %.1fs (%s), load ends at %.1fs; %d writes (%d failed)\n\n",
-		r.ev.down.Seconds(), r.ev.back.Seconds(), map[bool]string{true: "the sentinels promoted the replica", false: "restarted empty"}[o.scenario == "sentinel"],
+		r.ev.down.Seconds(), r.ev.back.Seconds(), back,
 		r.ev.end.Seconds(), r.writes, r.writeErrs)
 
 	statuses := r.statuses()
@@ -134,9 +138,13 @@ func (r *report) traffic() {
 	out := r.in(r.ev.down, r.ev.back)
 	r.p50, r.p99 = percentiles(out)
 	r.outageServed = pct(count(out, served), len(out))
-	fmt.Printf("\nduring the %s: %.1f%% of %d answers were served (200, or 404 for an id not inserted yet), %.1f%% 503; latency p50 %s, p99 %s (goal <= %s: %s)\n",
+	var slowest time.Duration
+	for _, s := range out {
+		slowest = max(slowest, s.lat)
+	}
+	fmt.Printf("\nduring the %s: %.1f%% of %d answers were served (200, or 404 for an id not inserted yet), %.1f%% 503; latency p50 %s, p99 %s (goal <= %s: %s), max %s\n",
 		ph[1].name, r.outageServed, len(out), pct(count(out, func(x sample) bool { return x.status == 503 }), len(out)),
-		ms(r.p50), ms(r.p99), ms(o.latency), met(r.p99 <= o.latency))
+		ms(r.p50), ms(r.p99), ms(o.latency), met(r.p99 <= o.latency), ms(slowest))
 
 	var during []string
 	for _, p := range rates {
