@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LISTEN  ?= 127.0.0.1:8080
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test soak deps deps-bench bench-hit vet clean
+.PHONY: all build run test soak deps deps-bench bench-hit outage vet clean
 
 all: build
 
@@ -51,6 +51,16 @@ soak: deps
 bench-hit: deps-bench build
 	$(GO) build -o bin/hitpath ./internal/loadtest/hitpath
 	bin/hitpath -bin $(BIN)
+
+# outage runs two sidecars under reads and writes while Redis goes away: SCENARIO kill (default:
+# killed, down 8 s, back empty), unavailable (degraded.mode unavailable), sentinel (the master
+# killed, the replica promoted) or hang (SIGSTOP for 8 s). OUTAGE_FLAGS adds flags
+# (bin/outage -h lists them).
+SCENARIO ?= kill
+OUTAGE_FLAGS ?=
+outage: deps build
+	$(GO) build -o bin/outage ./internal/loadtest/outage
+	bin/outage -bin $(BIN) -scenario $(SCENARIO) $(OUTAGE_FLAGS)
 
 clean:
 	rm -rf bin
