@@ -13,7 +13,8 @@ var ErrServer = errors.New("cdc: the server cannot serve row-based change captur
 
 // Check verifies that the server writes a row-based binlog with full row images (and full row
 // metadata, where the server has the setting) and that the user may read it. The error names
-// the first setting that is missing.
+// the first setting that is missing. Then it reads the checkpoint's coverage once, if Redis
+// answers.
 func (t *Tail) Check(ctx context.Context) error {
 	var logBin, format, image string
 	if err := t.o.DB.QueryRowContext(ctx, "SELECT @@log_bin, @@binlog_format, @@binlog_row_image").Scan(&logBin, &format, &image); err != nil {
@@ -74,7 +75,13 @@ func (t *Tail) Check(ctx context.Context) error {
 	if !strings.Contains(all, "REPLICATION SLAVE") && !strings.Contains(all, "REPLICATION REPLICA") && !strings.Contains(all, "ALL PRIVILEGES ON *.*") {
 		return fmt.Errorf("%w: the user may not read the binlog (GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the cdc.dsn user)", ErrServer)
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	// Read which entities the checkpoint covers now, so that reads use the cache from the
+	// first request on, not from the first poll (until then they bypass it).
+	t.refresh(ctx)
+	return nil
 }
 
 // loadCharsets reads which character set each collation id belongs to, for string keys.
