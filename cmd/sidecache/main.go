@@ -50,6 +50,8 @@ Usage:
   sidecache serve --config FILE     serve entity reads over HTTP
   sidecache preload --config FILE --entity NAME [--ids FILE] [--rate N] [--batch N]
                                     warm the cache; with no --ids, the whole table and the Bloom filter
+  sidecache check --config FILE [--entity E] [--sample N | --all] [--rate R] [--every D]
+                                    compare the cache with MySQL and report consistency in nines
   sidecache version                 print the version
 `
 
@@ -63,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stderr)
 	case "preload":
 		return preload(ctx, args[1:], stdout, stderr)
+	case "check":
+		return runCheck(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "sidecache %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil

@@ -1,0 +1,23 @@
+package sidecar
+
+import "github.com/sidecache/sidecache/check"
+
+// Checker returns the consistency checker over this sidecar's MySQL source, Redis and Bloom
+// filters; see package check. Redis, Source, Filters, Prefix, Entities (every configured one),
+// DoubleDeleteDelay and Lag are filled in: with cdc.enabled, a mismatch is looked at again once
+// the double-delete delay and the binlog lag its leader reports have passed.
+func (s *Sidecar) Checker(opts check.Options) *check.Checker {
+	opts.Redis, opts.Source, opts.Prefix = s.redis, s.source, s.cfg.Redis.KeyPrefix
+	if s.filters != nil {
+		opts.Filters = s.filters
+	}
+	opts.Entities = make([]check.Entity, len(s.cfg.Entities))
+	for i, ce := range s.cfg.Entities {
+		opts.Entities[i] = check.Entity{Name: ce.Name, Key: s.source.Entity(ce.Name).Key, Bloom: ce.Bloom.Enabled}
+	}
+	opts.DoubleDeleteDelay = s.cfg.CDC.DoubleDeleteDelay.D()
+	if s.tail != nil {
+		opts.Lag = s.tail.LeaderLag
+	}
+	return check.New(opts)
+}
