@@ -29,13 +29,11 @@ import (
 	"github.com/sidecache/sidecache/readthrough"
 )
 
-// Errors callers branch on.
+// Errors callers branch on: the read path's, since a checker fails for the same reasons.
 var (
-	ErrUnknownEntity = errors.New("unknown entity")
-	// ErrCacheUnavailable wraps a Redis failure.
-	ErrCacheUnavailable = errors.New("cannot read the cache (Redis)")
-	// ErrDBUnavailable wraps a MySQL failure.
-	ErrDBUnavailable = errors.New("cannot read MySQL")
+	ErrUnknownEntity    = readthrough.ErrUnknownEntity
+	ErrCacheUnavailable = readthrough.ErrCacheUnavailable // wraps a Redis failure
+	ErrDBUnavailable    = readthrough.ErrDBUnavailable    // wraps a MySQL failure
 )
 
 // Defaults of Options and Round.

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -171,18 +170,7 @@ func (c *Checker) scan(ctx context.Context, node redis.UniversalClient, e *Entit
 
 // nodes returns where the cache's keys are: every master of a Redis Cluster, or the one server.
 func (c *Checker) nodes(ctx context.Context) ([]redis.UniversalClient, error) {
-	cc, ok := c.o.Redis.(*redis.ClusterClient)
-	if !ok {
-		return []redis.UniversalClient{c.o.Redis}, nil
-	}
-	var mu sync.Mutex
-	var nodes []redis.UniversalClient
-	err := cc.ForEachMaster(ctx, func(_ context.Context, node *redis.Client) error {
-		mu.Lock()
-		defer mu.Unlock()
-		nodes = append(nodes, node)
-		return nil
-	})
+	nodes, err := keys.Nodes(ctx, c.o.Redis)
 	if err != nil {
 		return nil, cacheErr(err)
 	}

@@ -3,7 +3,6 @@ package invalidation
 import (
 	"context"
 	"slices"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -89,32 +88,14 @@ func (d *Redis) DropEntity(ctx context.Context, prefix, entity string) (failed [
 			cursor = next
 		}
 	}
-	if cc, ok := d.rdb.(*redis.ClusterClient); ok {
-		// Nodes are scanned one at a time, so failed is only appended to by one of them.
-		err = forEachMasterInTurn(ctx, cc, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
-	} else {
-		err = scan(ctx, d.rdb)
-	}
-	return failed, err
-}
-
-// forEachMasterInTurn calls fn for each master of the cluster, one after another.
-func forEachMasterInTurn(ctx context.Context, cc *redis.ClusterClient, fn func(context.Context, *redis.Client) error) error {
-	var mu sync.Mutex
-	var nodes []*redis.Client
-	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-		mu.Lock()
-		defer mu.Unlock()
-		nodes = append(nodes, c)
-		return nil
-	})
+	nodes, err := keys.Nodes(ctx, d.rdb)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, c := range nodes {
-		if err := fn(ctx, c); err != nil {
-			return err
+	for _, node := range nodes { // one after another, so failed is appended to by one at a time
+		if err := scan(ctx, node); err != nil {
+			return failed, err
 		}
 	}
-	return nil
+	return failed, nil
 }

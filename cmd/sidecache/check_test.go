@@ -105,7 +105,7 @@ func TestCheckErrors(t *testing.T) {
 		{"unknown flag", []string{"--config", path, "--bogus"}, 2, "-bogus"},
 		{"argument", []string{"--config", path, "items"}, 2, "check takes --config FILE"},
 		{"unknown entity", []string{"--config", path, "--entity", "nope"}, 1, `unknown entity "nope" (configured: items)`},
-		{"redis down", []string{"--config", dead(t, "redis")}, 1, "cannot read the cache (Redis): connect: connection refused"},
+		{"redis down", []string{"--config", dead(t, "redis")}, 1, "cache unavailable: connect: connection refused"},
 		{"mysql down", []string{"--config", dead(t, "mysql")}, 1, "mysql: cannot connect"},
 	}
 	for _, tt := range tests {

@@ -7,9 +7,13 @@
 package keys
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"strings"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Value is the key of an entity's cached row: prefix{entity:id}.
@@ -51,6 +55,24 @@ func BloomBits(prefix, entity, slot string) string { return prefix + "{bloom:" +
 
 // CDC is one of the binlog tail's keys for database schema: "leader", "checkpoint" or "status".
 func CDC(prefix, schema, name string) string { return prefix + "{cdc:" + schema + "}:" + name }
+
+// Nodes returns the servers that hold sidecache's keys: every master of a Redis Cluster, or
+// the one server (a Sentinel client's current master).
+func Nodes(ctx context.Context, rdb redis.UniversalClient) ([]redis.UniversalClient, error) {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return []redis.UniversalClient{rdb}, nil
+	}
+	var mu sync.Mutex
+	var nodes []redis.UniversalClient
+	err := cc.ForEachMaster(ctx, func(_ context.Context, node *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		nodes = append(nodes, node)
+		return nil
+	})
+	return nodes, err
+}
 
 // Token returns a random token: a lease's owner, or a version no other state has had.
 func Token() string {
