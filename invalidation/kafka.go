@@ -238,6 +238,7 @@ func (k *Kafka) consume(ctx context.Context) {
 		if err := k.handle(ctx, m); err != nil {
 			return // ctx ended before the work was done: not committed, so redelivered
 		}
+		k.m.handled.Inc()
 		for {
 			err := r.CommitMessages(ctx, m)
 			if err == nil {
@@ -307,9 +308,9 @@ func errString(err error) string {
 }
 
 type kafkaMetrics struct {
-	produced, consumed, succeeded, deadLettered prometheus.Counter
-	errors                                      *prometheus.CounterVec
-	delay                                       prometheus.Histogram
+	produced, consumed, handled, succeeded, deadLettered prometheus.Counter
+	errors                                               *prometheus.CounterVec
+	delay                                                prometheus.Histogram
 }
 
 func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetrics {
@@ -319,6 +320,7 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 	m := kafkaMetrics{
 		produced:     c("sidecache_retry_produced_total", "Failed deletes written to the retry topic (first hand-offs and later attempts)."),
 		consumed:     c("sidecache_retry_consumed_total", "Retry messages consumed."),
+		handled:      c("sidecache_retry_handled_total", "Retry messages whose work is done: the key deleted, the next attempt produced, or the message dead-lettered."),
 		succeeded:    c("sidecache_retry_succeeded_total", "Retried deletes that succeeded."),
 		deadLettered: c("sidecache_retry_dead_lettered_total", "Deletes that failed every attempt and went to the dead-letter topic."),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -334,7 +336,7 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 		Name: "sidecache_retry_queue_depth", Help: "Failed deletes waiting in process for Kafka to take them.",
 	}, depth)
 	if reg != nil {
-		reg.MustRegister(m.produced, m.consumed, m.succeeded, m.deadLettered, m.errors, m.delay, depthGauge)
+		reg.MustRegister(m.produced, m.consumed, m.handled, m.succeeded, m.deadLettered, m.errors, m.delay, depthGauge)
 	}
 	return m
 }
