@@ -25,6 +25,7 @@ const (
 	DefaultBackoff     = 100 * time.Millisecond
 	DefaultMaxBackoff  = 30 * time.Second
 	DefaultQueueSize   = 10000
+	DefaultMaxInFlight = 256
 )
 
 // KafkaOptions configure the Kafka retry path. Brokers and Deleter are required.
@@ -44,6 +45,10 @@ type KafkaOptions struct {
 	// QueueSize bounds the keys waiting for Kafka while it is unreachable; when full, Retry
 	// blocks (the binlog tail pauses) rather than drop anything. Default DefaultQueueSize.
 	QueueSize int
+	// MaxInFlight bounds the retry messages a worker holds at once, waiting for their
+	// not-before time or being worked on; while it holds that many it fetches no more.
+	// Default DefaultMaxInFlight.
+	MaxInFlight int
 	// ProduceOnly runs no retry worker in this process: the workers of other processes in
 	// Group delete the keys it hands over.
 	ProduceOnly bool
@@ -95,6 +100,7 @@ func (o *KafkaOptions) init() {
 	o.Backoff = cmp.Or(max(o.Backoff, 0), DefaultBackoff)
 	o.MaxBackoff = cmp.Or(max(o.MaxBackoff, 0), DefaultMaxBackoff)
 	o.QueueSize = cmp.Or(max(o.QueueSize, 0), DefaultQueueSize)
+	o.MaxInFlight = cmp.Or(max(o.MaxInFlight, 0), DefaultMaxInFlight)
 	o.Logger = cmp.Or(o.Logger, slog.Default())
 }
 
@@ -212,9 +218,11 @@ func (k *Kafka) write(ctx context.Context, w *kafka.Writer, msgs []kafka.Message
 	return nil
 }
 
-// consume consumes the retry topic as a member of the group until ctx ends: it waits for each
-// message's not-before time, deletes the key, produces the next attempt or the dead letter,
-// and only then commits the message's offset (at least once; deletes are idempotent).
+// consume consumes the retry topic as a member of the group until ctx ends. It keeps fetching
+// while earlier messages wait for their not-before time, so that one long backoff holds back no
+// other message, and handles up to MaxInFlight messages at once: each waits for its not-before
+// time, deletes the key, and produces the next attempt or the dead letter. Offsets are committed
+// only below the oldest message still in hand (at least once; deletes are idempotent).
 func (k *Kafka) consume(ctx context.Context) {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: k.o.Brokers, GroupID: k.o.Group, Topic: k.o.Topic,
@@ -223,9 +231,21 @@ func (k *Kafka) consume(ctx context.Context) {
 		ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
 	})
 	defer r.Close()
+	offs := newOffsets(k.o.Topic)
+	var wg sync.WaitGroup
+	defer wg.Wait() // before r.Close: the handlers and the committer use r and the writers
+	wg.Add(1)
+	go func() { defer wg.Done(); k.commit(ctx, r, offs) }()
+	slots := make(chan struct{}, k.o.MaxInFlight)
 	for {
+		select { // a free slot before the fetch: when full, the worker fetches no more
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
+			<-slots
 			if ctx.Err() != nil {
 				return
 			}
@@ -234,13 +254,36 @@ func (k *Kafka) consume(ctx context.Context) {
 			retry.Sleep(ctx, time.Second)
 			continue
 		}
-		k.m.consumed.Inc()
-		if err := k.handle(ctx, m); err != nil {
-			return // ctx ended before the work was done: not committed, so redelivered
+		if !offs.fetched(m) {
+			<-slots // fetched again after a rebalance while still in hand: that copy will do
+			continue
 		}
-		for {
-			err := r.CommitMessages(ctx, m)
-			if err == nil {
+		k.m.consumed.Inc()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			if err := k.handle(ctx, m); err != nil {
+				return // ctx ended before the work was done: not committed, so redelivered
+			}
+			k.m.handled.Inc()
+			offs.done(m)
+		}()
+	}
+}
+
+// commit commits the offsets that offs lets through, whenever a message is done, until ctx
+// ends. One goroutine commits, so a partition's commits go out in order.
+func (k *Kafka) commit(ctx context.Context, r *kafka.Reader, offs *offsets) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-offs.changed:
+		}
+		for msgs := offs.uncommitted(); len(msgs) > 0; msgs = offs.uncommitted() {
+			if err := r.CommitMessages(ctx, msgs...); err == nil {
+				offs.committed(msgs)
 				break
 			}
 			if ctx.Err() != nil {
@@ -249,6 +292,91 @@ func (k *Kafka) consume(ctx context.Context) {
 			k.m.errors.WithLabelValues("commit").Inc()
 			retry.Sleep(ctx, 200*time.Millisecond)
 		}
+	}
+}
+
+// offsets tracks, per partition of one topic, the messages a worker holds, so that it commits
+// an offset only once every message below it is done. kafka-go's CommitMessages(m) commits
+// m.Offset+1 for m's partition, whatever is still in hand below it, and it has nothing that
+// waits for a contiguous run (its offset stash keeps the highest offset per partition), hence
+// this.
+//
+// A partition's fetches are runs of consecutive offsets, each run starting at a committed
+// offset (after a rebalance the reader starts again from there), so every offset below the
+// lowest one in hand, or below the highest fetched when none is, has been done by someone.
+type offsets struct {
+	topic   string
+	mu      sync.Mutex
+	parts   map[int]*partition
+	changed chan struct{} // holds a token once a message is done, for the committer
+}
+
+type partition struct {
+	inHand    map[int64]bool // fetched and not yet done
+	next      int64          // one past the highest offset fetched
+	committed int64          // the highest offset committed (or known to be)
+}
+
+func newOffsets(topic string) *offsets {
+	return &offsets{topic: topic, parts: map[int]*partition{}, changed: make(chan struct{}, 1)}
+}
+
+// fetched records m as in hand, and reports false if it already was: a partition read again
+// from its committed offset after a rebalance hands out messages this worker still holds.
+func (o *offsets) fetched(m kafka.Message) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	p := o.parts[m.Partition]
+	if p == nil {
+		// The reader starts a partition at its committed offset (or the log's start, with
+		// nothing committed): there is nothing to commit below the first message.
+		p = &partition{inHand: map[int64]bool{}, committed: m.Offset}
+		o.parts[m.Partition] = p
+	}
+	if p.inHand[m.Offset] {
+		return false
+	}
+	p.inHand[m.Offset] = true
+	p.next = max(p.next, m.Offset+1)
+	return true
+}
+
+// done records that m's work is done.
+func (o *offsets) done(m kafka.Message) {
+	o.mu.Lock()
+	delete(o.parts[m.Partition].inHand, m.Offset)
+	o.mu.Unlock()
+	select {
+	case o.changed <- struct{}{}:
+	default: // the committer has not yet taken the last token; it will see this one too
+	}
+}
+
+// uncommitted returns, for every partition whose commit point has moved past what was
+// committed, the message to pass to CommitMessages: the one just below the commit point.
+func (o *offsets) uncommitted() []kafka.Message {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var msgs []kafka.Message
+	for id, p := range o.parts {
+		point := p.next
+		for off := range p.inHand {
+			point = min(point, off)
+		}
+		if point > p.committed {
+			msgs = append(msgs, kafka.Message{Topic: o.topic, Partition: id, Offset: point - 1})
+		}
+	}
+	return msgs
+}
+
+// committed records that msgs were committed.
+func (o *offsets) committed(msgs []kafka.Message) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, m := range msgs {
+		p := o.parts[m.Partition]
+		p.committed = max(p.committed, m.Offset+1)
 	}
 }
 
@@ -307,9 +435,9 @@ func errString(err error) string {
 }
 
 type kafkaMetrics struct {
-	produced, consumed, succeeded, deadLettered prometheus.Counter
-	errors                                      *prometheus.CounterVec
-	delay                                       prometheus.Histogram
+	produced, consumed, handled, succeeded, deadLettered prometheus.Counter
+	errors                                               *prometheus.CounterVec
+	delay                                                prometheus.Histogram
 }
 
 func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetrics {
@@ -319,6 +447,7 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 	m := kafkaMetrics{
 		produced:     c("sidecache_retry_produced_total", "Failed deletes written to the retry topic (first hand-offs and later attempts)."),
 		consumed:     c("sidecache_retry_consumed_total", "Retry messages consumed."),
+		handled:      c("sidecache_retry_handled_total", "Retry messages whose work is done: the key deleted, the next attempt produced, or the message dead-lettered."),
 		succeeded:    c("sidecache_retry_succeeded_total", "Retried deletes that succeeded."),
 		deadLettered: c("sidecache_retry_dead_lettered_total", "Deletes that failed every attempt and went to the dead-letter topic."),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -334,7 +463,7 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 		Name: "sidecache_retry_queue_depth", Help: "Failed deletes waiting in process for Kafka to take them.",
 	}, depth)
 	if reg != nil {
-		reg.MustRegister(m.produced, m.consumed, m.succeeded, m.deadLettered, m.errors, m.delay, depthGauge)
+		reg.MustRegister(m.produced, m.consumed, m.handled, m.succeeded, m.deadLettered, m.errors, m.delay, depthGauge)
 	}
 	return m
 }

@@ -22,9 +22,13 @@ import (
 
 const retryTopic, dlqTopic = "sidecache.invalidate.retry", "sidecache.invalidate.dlq"
 
+// onePartition is a retry topic of one partition, where every message queues behind the last.
+const onePartition = "sidecache.invalidate.retry.one"
+
 func newKafka(t *testing.T) *kfake.Cluster {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(4, retryTopic, dlqTopic))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(4, retryTopic, dlqTopic),
+		kfake.SeedTopics(1, onePartition))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,13 +279,184 @@ func TestUnreachableRedisSpendsNoAttempts(t *testing.T) {
 		_, deleted := del.state()
 		return slices.Contains(deleted, "k1")
 	})
+	if dead := counter(t, reg, "sidecache_retry_dead_lettered_total"); dead != 0 {
+		t.Errorf("%v dead letters for an outage, want 0", dead)
+	}
+}
+
+// counter reads a counter without labels from reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "sidecache_retry_dead_lettered_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
-			t.Errorf("%v dead letters for an outage, want 0", mf.GetMetric()[0].GetCounter().GetValue())
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
 		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// writeRetries writes retry messages to topic as a producing sidecar would, in one batch, so
+// that on one partition they stand in this order.
+func writeRetries(t *testing.T, c *kfake.Cluster, topic string, msgs ...invalidation.Message) {
+	t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(c.ListenAddrs()...), Topic: topic, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	kms := make([]kafka.Message, len(msgs))
+	for i, m := range msgs {
+		b, _ := json.Marshal(m)
+		kms[i] = kafka.Message{Key: []byte(m.Key), Value: b}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, kms...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committedOffset reads the group's committed offset of partition 0 of topic (-1: none).
+func committedOffset(t *testing.T, c *kfake.Cluster, group, topic string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := (&kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...)}).OffsetFetch(ctx,
+		&kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Error; err != nil {
+		t.Fatal(err)
+	}
+	ps := res.Topics[topic]
+	if len(ps) != 1 || ps[0].Error != nil {
+		t.Fatalf("offset fetch for %s: %+v", topic, ps)
+	}
+	return ps[0].CommittedOffset
+}
+
+func (r *recorder) tried(key string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.attempts[key]
+}
+
+func (r *recorder) wasDeleted(keys ...string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range keys {
+		if _, ok := r.deleted[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// TestLongBackoffHoldsBackNoOtherMessage: on one partition, a message that must wait 3 s does
+// not hold back the messages behind it that need not wait; and its offset stays uncommitted
+// until it is done, though later ones are done, so that a worker stopped while it waits hands
+// it to the next one in the group.
+func TestLongBackoffHoldsBackNoOtherMessage(t *testing.T) {
+	c := newKafka(t)
+	opts := func(d invalidation.Deleter) invalidation.KafkaOptions {
+		return invalidation.KafkaOptions{Brokers: c.ListenAddrs(), Topic: onePartition, DLQTopic: dlqTopic, Group: "g-long",
+			MaxAttempts: 10, Backoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, Deleter: d, Logger: quiet()}
+	}
+	a := newRecorder("a", nil)
+	stopA := runKafka(t, invalidation.NewKafka(opts(a)))
+
+	// Offset 0: once it is deleted the worker has joined the group, and once it is committed the
+	// worker commits what it has done.
+	writeRetries(t, c, onePartition, invalidation.Message{Key: "warm-up", Attempt: 1})
+	devstack.Eventually(t, 30*time.Second, "the warm-up message is deleted", func() bool { return a.wasDeleted("warm-up") })
+	devstack.Eventually(t, 10*time.Second, "the warm-up message is committed", func() bool {
+		return committedOffset(t, c, "g-long", onePartition) == 1
+	})
+
+	// Offset 1 waits 3 s; offsets 2 to 11 are due now.
+	const wait = 3 * time.Second
+	long := invalidation.Message{Key: "long", Attempt: 5, NotBefore: time.Now().Add(wait).UnixMilli()}
+	msgs := []invalidation.Message{long}
+	var short []string
+	for i := range 10 {
+		short = append(short, fmt.Sprintf("short-%d", i))
+		msgs = append(msgs, invalidation.Message{Key: short[i], Attempt: 1, NotBefore: time.Now().UnixMilli()})
+	}
+	writeRetries(t, c, onePartition, msgs...)
+	written := time.Now()
+	// The short ones come in the fetch that brought the long one, and deleting them is a few map
+	// writes: on a loaded 2-core machine they are done within 1 s with overwhelming probability,
+	// while a worker that waits out the long one first needs the whole 3 s.
+	devstack.Eventually(t, 20*time.Second, "the short messages are deleted", func() bool { return a.wasDeleted(short...) })
+	if took := time.Since(written); took > time.Second {
+		t.Errorf("the messages behind a 3 s wait were deleted after %v, want within 1s", took)
+	}
+	if n := a.tried("long"); n != 0 {
+		t.Fatalf("the long one was tried %d times before the short ones behind it were done, want 0", n)
+	}
+
+	// Stopped while it waits for the long one: its offset must not have been committed, though
+	// every offset after it is done.
+	stopA()
+	if n := a.tried("long"); n != 0 {
+		t.Fatalf("the stopped worker tried the long one %d times, want 0 (stopped %v before it was due)", n, wait-time.Since(written))
+	}
+	if got := committedOffset(t, c, "g-long", onePartition); got != 1 {
+		t.Fatalf("committed offset %d with offset 1 not done, want 1", got)
+	}
+	b := newRecorder("b", nil)
+	runKafka(t, invalidation.NewKafka(opts(b)))
+	devstack.Eventually(t, 30*time.Second, "the next worker in the group deletes the long one", func() bool { return b.wasDeleted("long") })
+	devstack.Eventually(t, 10*time.Second, "the next worker commits everything once the long one is done", func() bool {
+		return committedOffset(t, c, "g-long", onePartition) == 12
+	})
+}
+
+// TestMaxInFlightBoundsTheFetch: a worker holds at most MaxInFlight messages; while it holds
+// that many, waiting for their not-before time, it fetches no more.
+func TestMaxInFlightBoundsTheFetch(t *testing.T) {
+	c := newKafka(t)
+	del := newRecorder("w", nil)
+	reg := prometheus.NewRegistry()
+	k := invalidation.NewKafka(invalidation.KafkaOptions{Brokers: c.ListenAddrs(), Topic: onePartition, DLQTopic: dlqTopic,
+		Group: "g-bound", MaxInFlight: 2, Deleter: del, Registerer: reg, Logger: quiet()})
+	runKafka(t, k)
+	writeRetries(t, c, onePartition, invalidation.Message{Key: "warm-up", Attempt: 1})
+	devstack.Eventually(t, 30*time.Second, "the warm-up message is deleted", func() bool { return del.wasDeleted("warm-up") })
+
+	const n = 6
+	var keys []string
+	var msgs []invalidation.Message
+	notBefore := time.Now().Add(1500 * time.Millisecond).UnixMilli()
+	for i := range n {
+		keys = append(keys, fmt.Sprintf("k%d", i))
+		msgs = append(msgs, invalidation.Message{Key: keys[i], Attempt: 1, NotBefore: notBefore})
+	}
+	writeRetries(t, c, onePartition, msgs...)
+	// Until the first of them is due, the worker holds two and no more: a count read before any
+	// of them was tried was read before any slot came free. That it holds two by then needs two
+	// fetches within 1.5 s of the write, which take milliseconds: on a loaded 2-core machine it
+	// holds with overwhelming probability.
+	most := 0.0
+	for {
+		held := counter(t, reg, "sidecache_retry_consumed_total") - 1 // the warm-up
+		if slices.ContainsFunc(keys, func(k string) bool { return del.tried(k) > 0 }) {
+			break
+		}
+		if held > 2 {
+			t.Fatalf("the worker fetched %v messages with MaxInFlight 2", held)
+		}
+		most = max(most, held)
+		time.Sleep(5 * time.Millisecond)
+	}
+	if most != 2 {
+		t.Errorf("the worker held at most %v messages while they waited, want 2", most)
+	}
+	devstack.Eventually(t, 20*time.Second, "every message is deleted", func() bool { return del.wasDeleted(keys...) })
+	if got := counter(t, reg, "sidecache_retry_handled_total"); got != n+1 {
+		t.Errorf("%v messages handled, want %d", got, n+1)
 	}
 }
