@@ -113,6 +113,7 @@ type Tail struct {
 	filtered     map[string]bool     // entities with a Bloom filter
 
 	leading   atomic.Bool
+	gated     atomic.Bool                     // the cache waits for the tail to catch up after Redis failed
 	processed atomic.Pointer[Checkpoint]      // the last commit point the leader's session processed
 	coverage  atomic.Pointer[map[string]bool] // entity → covered by the checkpoint in Redis
 
@@ -131,6 +132,9 @@ type Tail struct {
 	started    time.Time
 
 	lastUnreadable map[string]time.Time
+
+	lostRedisAt time.Time // refresh could not read Redis since then; zero while it can
+	recoveredAt time.Time // Redis answered again then: the cache waits for a tail caught up past it
 }
 
 // saved is a checkpoint this process saved, for resuming after Redis lost it.

@@ -295,20 +295,20 @@ func (t *Tail) watch(ctx context.Context) {
 }
 
 // refresh reads the checkpoint and the leader's status once. When Redis cannot be read the
-// last view stays.
+// last view stays, and the time is kept: once Redis answers again, the cache is not used until
+// the leader has caught up past that moment (see catchUpGate).
 func (t *Tail) refresh(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	cp, ok, err := t.LoadCheckpoint(rctx)
 	if err != nil {
+		t.mu.Lock()
+		if t.lostRedisAt.IsZero() {
+			t.lostRedisAt = time.Now()
+		}
+		t.mu.Unlock()
 		return
 	}
-	covered := make(map[string]bool, len(t.fingerprints))
-	for e, fp := range t.fingerprints {
-		covered[e] = ok && cp.covers(e, fp)
-		t.m.covered.WithLabelValues(e).Set(b2f(covered[e]))
-	}
-	t.coverage.Store(&covered)
 	var st *Status
 	if b, err := t.o.Redis.Get(rctx, t.statusKey()).Bytes(); err == nil {
 		var s Status
@@ -317,7 +317,6 @@ func (t *Tail) refresh(ctx context.Context) {
 		}
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.checkpoint = ""
 	if ok {
 		t.checkpoint = cp.String()
@@ -325,6 +324,48 @@ func (t *Tail) refresh(ctx context.Context) {
 	if st != nil {
 		t.seen = *st
 	}
+	gated := t.catchUpGate()
+	t.mu.Unlock()
+	t.gated.Store(gated)
+	covered := make(map[string]bool, len(t.fingerprints))
+	for e, fp := range t.fingerprints {
+		covered[e] = ok && cp.covers(e, fp)
+		t.m.covered.WithLabelValues(e).Set(b2f(covered[e] && !gated))
+	}
+	t.coverage.Store(&covered)
+}
+
+// RedisReturned tells the tail that Redis answers again after failing (its circuit breaker
+// closed): from now until the leader has caught up past this moment, Covered is false, so that
+// no read answers a row Redis kept from before a change it missed. The caller calls it before
+// the call that found Redis back returns its answer.
+func (t *Tail) RedisReturned() {
+	t.mu.Lock()
+	t.lostRedisAt = time.Now()
+	t.catchUpGate()
+	t.mu.Unlock()
+	t.gated.Store(true)
+}
+
+// catchUpGate reports whether the cache must wait for the binlog tail after Redis could not be
+// read. While Redis was away nothing was invalidated, and Redis may come back with the rows it
+// held (a hang, a partition, a failover that kept the data): until the leader has processed
+// what the server wrote up to after Redis answered again, such a row may be older than its
+// table, so reads bypass the cache. Call with t.mu held, after t.seen was read.
+func (t *Tail) catchUpGate() bool {
+	if !t.lostRedisAt.IsZero() {
+		t.recoveredAt, t.lostRedisAt = time.Now(), time.Time{}
+		t.log.Warn("Redis answers again: reads bypass the cache until the binlog tail has invalidated what changed meanwhile")
+	}
+	if t.recoveredAt.IsZero() {
+		return false
+	}
+	if t.seen.CaughtUpAt.After(t.recoveredAt) {
+		t.recoveredAt = time.Time{}
+		t.log.Info("the binlog tail caught up after Redis came back: reads use the cache again")
+		return false
+	}
+	return true
 }
 
 func b2f(b bool) float64 {
@@ -336,10 +377,10 @@ func b2f(b bool) float64 {
 
 // Covered reports whether the saved checkpoint covers entity: every change to its table up to
 // the checkpoint is invalidated, so the cache may be used for it. It is false until the first
-// checkpoint is read.
+// checkpoint is read, and after Redis failed until the tail has caught up past its return.
 func (t *Tail) Covered(entity string) bool {
 	m := t.coverage.Load()
-	return m != nil && (*m)[entity]
+	return m != nil && (*m)[entity] && !t.gated.Load()
 }
 
 // WaitCovered waits until the checkpoint covers entity, or ctx ends.
@@ -362,7 +403,7 @@ func (t *Tail) View() View {
 	v := View{Leading: t.leading.Load(), Self: t.status, Checkpoint: t.checkpoint, Covered: map[string]bool{}}
 	if m := t.coverage.Load(); m != nil {
 		for e, c := range *m {
-			v.Covered[e] = c
+			v.Covered[e] = c && !t.gated.Load()
 		}
 	}
 	if !t.seen.UpdatedAt.IsZero() {

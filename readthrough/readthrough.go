@@ -138,8 +138,9 @@ type Options struct {
 	MaxRefreshes int
 	// Covered, if set, says whether the binlog tail covers an entity: every change to its table
 	// is invalidated. While it says no, the entity's reads bypass the cache (MySQL directly,
-	// X-Cache: bypass, nothing read from or written to Redis): a row cached then could outlive
-	// a change no invalidation will ever delete. Nil: always covered.
+	// X-Cache: bypass, nothing written to Redis, and what Redis answered is not used): a row
+	// cached then could outlive a change no invalidation will ever delete. It is asked after the
+	// cache answered. Nil: always covered.
 	Covered func(entity string) bool
 	// BypassConcurrency caps MySQL loads of uncovered entities in this process. Default
 	// DefaultBypassConcurrency.
@@ -268,14 +269,16 @@ func (r *Reader) Get(ctx context.Context, entityName, rawID string) (Result, err
 		return Result{}, err
 	}
 	key := r.cacheKey(e, id)
-	if r.covered != nil && !r.covered(e.Name) {
-		return r.bypass(ctx, e, id, key)
-	}
 	start := time.Now()
 	b, err := r.cache.Get(ctx, key)
 	e.m.redisGet.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return r.cacheDown(ctx, e, id, key, err)
+	}
+	// Coverage is read after the cache: a Redis that came back during this read (and may hold
+	// rows older than changes it missed) has withdrawn it by the time its answer arrives.
+	if r.covered != nil && !r.covered(e.Name) {
+		return r.bypass(ctx, e, id, key)
 	}
 	if res, ok := e.answer(b); ok {
 		if res.Status == Stale {
@@ -449,9 +452,6 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 			ids = append(ids, id)
 		}
 	}
-	if r.covered != nil && !r.covered(e.Name) {
-		return r.bypassMany(ctx, e, ids)
-	}
 	keys := make([]string, len(ids))
 	for i, id := range ids {
 		keys[i] = r.cacheKey(e, id)
@@ -461,6 +461,9 @@ func (r *Reader) GetMany(ctx context.Context, entityName string, rawIDs []string
 	e.m.redisGetMany.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return r.cacheDownMany(ctx, e, ids, fmt.Errorf("%w: %w", ErrCacheUnavailable, err))
+	}
+	if r.covered != nil && !r.covered(e.Name) { // after the cache, as in Get
+		return r.bypassMany(ctx, e, ids)
 	}
 
 	out := Many{Status: Hit}

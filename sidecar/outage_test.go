@@ -261,3 +261,48 @@ func TestSentinelFailover(t *testing.T) {
 		t.Errorf("after the failover and an invalidate: %s", r.body)
 	}
 }
+
+// TestNoStaleRowAfterRedisReturnsWithItsData: Redis hangs, a row changes meanwhile (its
+// invalidation cannot run), and Redis comes back with the old row still cached. No read may
+// answer the old row: the cache is bypassed until the binlog tail has caught up past Redis's
+// return, and only then used again.
+func TestNoStaleRowAfterRedisReturnsWithItsData(t *testing.T) {
+	e := newDB(t, itemsSchema)
+	e.start(fmt.Sprintf("cdc:\n  enabled: true\n  flavor: mariadb\n  server_id: %d\n  dsn: %q\n  leader_ttl: 1s\n",
+		3000+time.Now().UnixNano()%1000, stack.DSN("root", "", e.name)) + itemsEntity)
+	devstack.EventuallyState(t, 20*time.Second, func() (bool, string) {
+		r := e.get("/v1/items/1")
+		return r.cache == "hit", fmt.Sprintf("before the hang: %d X-Cache=%q, want the row cached", r.status, r.cache)
+	})
+	if err := stack.PauseRedis(); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			stack.ResumeRedis()
+		}
+	})
+	devstack.EventuallyState(t, 20*time.Second, func() (bool, string) {
+		st := e.status()
+		return st.Circuit == "open", fmt.Sprintf("status %+v, want the circuit open", st)
+	})
+	e.exec("UPDATE items SET name = 'uno' WHERE id = 1")
+	if err := stack.ResumeRedis(); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	cached := 0
+	for deadline := time.Now().Add(6 * time.Second); time.Now().Before(deadline) && cached < 20; time.Sleep(10 * time.Millisecond) {
+		r := e.get("/v1/items/1")
+		if r.status != 200 || !strings.Contains(string(r.body), `"uno"`) {
+			t.Fatalf("read after Redis came back: %d X-Cache=%q %s, want the row as updated during the hang", r.status, r.cache, r.body)
+		}
+		if r.cache == "hit" || r.cache == "miss" {
+			cached++ // the cache is in use again
+		}
+	}
+	if cached < 20 {
+		t.Errorf("the cache was not used again within 6s of Redis's return (%d cached answers)", cached)
+	}
+}

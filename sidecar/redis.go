@@ -32,7 +32,9 @@ var errCircuitOpen = fmt.Errorf("%w: circuit open (Redis failed repeatedly; call
 // Redis Cluster client for more than one address, a standalone one otherwise. Fault injection
 // is hooked in when configured, then the circuit breaker, which therefore never counts an
 // injected failure. It does not connect yet.
-func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (redis.UniversalClient, *faults.Faults, *gobreaker.TwoStepCircuitBreaker[struct{}]) {
+//
+// onBack is called when the circuit closes, before the call that found Redis back returns.
+func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, onBack func()) (redis.UniversalClient, *faults.Faults, *gobreaker.TwoStepCircuitBreaker[struct{}]) {
 	rc := redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:         cfg.Redis.Addrs,
 		MasterName:    cfg.Redis.MasterName,
@@ -56,12 +58,12 @@ func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) 
 		log.Warn("fault injection is on", "delete_failure_rate", cfg.Faults.DeleteFailureRate,
 			"delete_latency", cfg.Faults.DeleteLatency.D().String(), "admin_listen", cfg.Faults.AdminListen)
 	}
-	cb := newBreaker(cfg, reg, log)
+	cb := newBreaker(cfg, reg, log, onBack)
 	rc.AddHook(breakerHook{cb})
 	return rc, inject, cb
 }
 
-func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) *gobreaker.TwoStepCircuitBreaker[struct{}] {
+func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, onBack func()) *gobreaker.TwoStepCircuitBreaker[struct{}] {
 	state := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "sidecache_redis_circuit_state", Help: "The circuit breaker around Redis: 0 closed, 1 half-open (probing), 2 open.",
 	})
@@ -93,7 +95,8 @@ func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger)
 			case to == gobreaker.StateOpen && from == gobreaker.StateClosed:
 				log.Warn(opened)
 			case to == gobreaker.StateClosed:
-				log.Warn("Redis answers again: the circuit is closed; reads use the cache")
+				log.Warn("Redis answers again: the circuit is closed")
+				onBack()
 			}
 		},
 	})

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/go-sql-driver/mysql" // the cdc checks' connection
@@ -63,12 +64,13 @@ type Sidecar struct {
 	filters  *bloom.Filters // nil when no entity has a filter
 	reader   *readthrough.Reader
 	inval    *invalidation.Invalidator
-	kafka    *invalidation.Kafka // nil unless kafka.brokers
-	tail     *cdc.Tail           // nil unless cdc.enabled
-	rebuilds *rebuilds           // Bloom filter rebuilds the binlog tail's leader runs
-	handler  http.Handler        // the data API, and the admin endpoints unless admin_listen
-	admin    http.Handler        // the admin endpoints; the same as handler unless admin_listen
-	cleanups []func() error      // run by Close, last first
+	kafka    *invalidation.Kafka      // nil unless kafka.brokers
+	tail     *cdc.Tail                // nil unless cdc.enabled
+	tailRef  atomic.Pointer[cdc.Tail] // tail, for the circuit breaker's callback
+	rebuilds *rebuilds                // Bloom filter rebuilds the binlog tail's leader runs
+	handler  http.Handler             // the data API, and the admin endpoints unless admin_listen
+	admin    http.Handler             // the admin endpoints; the same as handler unless admin_listen
+	cleanups []func() error           // run by Close, last first
 }
 
 // New connects to MySQL, checks every entity against its schema, and prepares the read path,
@@ -95,7 +97,7 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	s.cleanups = append(s.cleanups, cleanup)
 	s.logEntities()
 
-	s.redis, s.faults, s.breaker = openRedis(cfg, reg, s.log)
+	s.redis, s.faults, s.breaker = openRedis(cfg, reg, s.log, s.redisReturned)
 	s.cleanups = append(s.cleanups, s.redis.Close)
 	s.leases = lease.New(s.redis, cfg.Lease.TTL.D())
 	if cfg.AnyBloom() {
@@ -110,6 +112,7 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 		if s.tail, cleanup, err = s.newTail(ctx, reg, schema); err != nil {
 			return nil, err
 		}
+		s.tailRef.Store(s.tail)
 		s.cleanups = append(s.cleanups, cleanup)
 	}
 
@@ -130,6 +133,15 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	}
 	s.handler, s.admin = a.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return s, nil
+}
+
+// redisReturned runs when the circuit around Redis closes: Redis may have kept rows from before
+// changes whose invalidation failed meanwhile, so the binlog tail holds reads off the cache until
+// it has caught up.
+func (s *Sidecar) redisReturned() {
+	if t := s.tailRef.Load(); t != nil {
+		t.RedisReturned()
+	}
 }
 
 // warnBloomWithoutCDC warns of filters that nothing but a preload fills.
