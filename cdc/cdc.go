@@ -360,6 +360,12 @@ var errRedisChanged = errors.New("Redis restarted or failed over")
 // can only pass to another sidecar a whole period after the last renewal, so this one has
 // stopped before another starts.
 func (t *Tail) lead(ctx context.Context, leases *lease.Leases, held *lease.Lease) error {
+	// Nothing of an earlier leadership counts as processed now: its last batches may never have
+	// been deleted, and the monitor, which starts next, must not report caught up on them.
+	t.processed.Store(nil)
+	t.mu.Lock()
+	t.heads, t.status.CaughtUpAt = nil, time.Time{}
+	t.mu.Unlock()
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	keeper := leases.Keep([]*lease.Lease{held})
@@ -585,7 +591,6 @@ func (t *Tail) tail(ctx context.Context, stop context.CancelCauseFunc) error {
 	t.heads = nil
 	t.mu.Unlock()
 	t.setState(StateTailing, "", "")
-	t.setProcessed(s.cp)
 
 	// The saver advances the checkpoint in binlog order, each step only once that change's
 	// second delete is done.

@@ -312,7 +312,6 @@ func (s *session) commit(ev *replication.BinlogEvent) {
 	s.cp.EventTime = int64(ev.Header.Timestamp)
 	s.marked = true
 	clear(s.dropped)
-	s.t.setProcessed(s.cp)
 }
 
 // mark makes the current position a commit point to be saved (the start of a session).
@@ -617,6 +616,11 @@ func (s *session) flush(ctx context.Context) error {
 	}
 	if len(keys) > 0 {
 		t.m.lag.Observe(time.Since(at).Seconds())
+	}
+	if cp != nil {
+		// Processed, for "caught up", means the first pass is done (or handed to Kafka), not
+		// merely parsed.
+		t.setProcessed(*cp)
 	}
 	t.mu.Lock()
 	t.oldest = append(t.oldest, at)

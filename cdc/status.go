@@ -204,6 +204,9 @@ func (t *Tail) observeHead(now time.Time, head Checkpoint) {
 	defer t.mu.Unlock()
 	if len(t.heads) < 600 {
 		t.heads = append(t.heads, headSample{at: now, pos: head})
+	} else {
+		// Full: the newest sample moves on, so that "caught up" still means the newest head.
+		t.heads[len(t.heads)-1] = headSample{at: now, pos: head}
 	}
 	for len(t.heads) > 0 && processed != nil && reached(t.o.Flavor, *processed, t.heads[0].pos) {
 		t.status.CaughtUpAt = t.heads[0].at
@@ -307,6 +310,7 @@ func (t *Tail) refresh(ctx context.Context) {
 			t.lostRedisAt = time.Now()
 		}
 		t.mu.Unlock()
+		t.gated.Store(true) // Redis may answer again before the next poll
 		return
 	}
 	var st *Status
@@ -340,18 +344,20 @@ func (t *Tail) refresh(ctx context.Context) {
 // no read answers a row Redis kept from before a change it missed. The caller calls it before
 // the call that found Redis back returns its answer.
 func (t *Tail) RedisReturned() {
+	t.gated.Store(true)
 	t.mu.Lock()
 	t.lostRedisAt = time.Now()
 	t.catchUpGate()
 	t.mu.Unlock()
-	t.gated.Store(true)
 }
 
 // catchUpGate reports whether the cache must wait for the binlog tail after Redis could not be
 // read. While Redis was away nothing was invalidated, and Redis may come back with the rows it
 // held (a hang, a partition, a failover that kept the data): until the leader has processed
 // what the server wrote up to after Redis answered again, such a row may be older than its
-// table, so reads bypass the cache. Call with t.mu held, after t.seen was read.
+// table, so reads bypass the cache. Call with t.mu held, after t.seen was read. It compares
+// the leader's CaughtUpAt with this process's clock: hosts' clocks must agree to better than an
+// outage's length (NTP keeps them within milliseconds).
 func (t *Tail) catchUpGate() bool {
 	if !t.lostRedisAt.IsZero() {
 		t.recoveredAt, t.lostRedisAt = time.Now(), time.Time{}
