@@ -293,7 +293,9 @@ func TestNoStaleRowAfterRedisReturnsWithItsData(t *testing.T) {
 	}
 	resumed = true
 	cached := 0
-	for deadline := time.Now().Add(6 * time.Second); time.Now().Before(deadline) && cached < 20; time.Sleep(10 * time.Millisecond) {
+	// The bound is for liveness only (the tail resumes leading within leader_ttl/3 and replays
+	// a few rows); every answer meanwhile is checked.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && cached < 20; time.Sleep(10 * time.Millisecond) {
 		r := e.get("/v1/items/1")
 		if r.status != 200 || !strings.Contains(string(r.body), `"uno"`) {
 			t.Fatalf("read after Redis came back: %d X-Cache=%q %s, want the row as updated during the hang", r.status, r.cache, r.body)
@@ -303,6 +305,6 @@ func TestNoStaleRowAfterRedisReturnsWithItsData(t *testing.T) {
 		}
 	}
 	if cached < 20 {
-		t.Errorf("the cache was not used again within 6s of Redis's return (%d cached answers)", cached)
+		t.Errorf("the cache was not used again within 20s of Redis's return (%d cached answers)", cached)
 	}
 }

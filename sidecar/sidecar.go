@@ -301,11 +301,9 @@ func (s *Sidecar) newTail(ctx context.Context, reg prometheus.Registerer, schema
 // Handler returns the HTTP API: the data API, and the admin endpoints unless admin_listen.
 func (s *Sidecar) Handler() http.Handler { return s.handler }
 
-// AdminHandler returns the admin endpoints: /healthz, /readyz, /status, /metrics.
-func (s *Sidecar) AdminHandler() http.Handler { return s.admin }
-
 // Invalidate deletes an entity's key now and again after the double-delete delay; for an
-// entity with a Bloom filter it first adds the id, so a row just inserted is not held absent.
+// entity with a Bloom filter it first adds the id when its row exists (rowMayExist), so a row
+// just inserted is not held absent.
 // It returns nil only once the first delete is done, or its retry is acknowledged by Kafka:
 // an application that goes on after a success must not find the old row.
 func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
@@ -372,14 +370,17 @@ func (s *Sidecar) Ready(ctx context.Context) error {
 	if err := s.source.Ping(ctx); err != nil {
 		return fmt.Errorf("mysql: %w", err)
 	}
-	if s.cfg.Degraded.Mode == "load" {
-		return nil
-	}
-	if err := s.redis.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("%w: %w", errRedisDown, err)
+	if !s.servesWithoutRedis() {
+		if err := s.redis.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("%w: %w", errRedisDown, err)
+		}
 	}
 	return nil
 }
+
+// servesWithoutRedis reports whether reads are answered while Redis is unreachable
+// (degraded.mode load): then a Redis outage does not make the sidecar unready.
+func (s *Sidecar) servesWithoutRedis() bool { return s.cfg.Degraded.Mode == "load" }
 
 // Run serves the API on the configured address until ctx ends, then drains in-flight requests
 // for up to shutdown_timeout. A clean stop returns nil.

@@ -51,8 +51,8 @@ func (s *Sidecar) Status(ctx context.Context) Status {
 	}
 	st.Circuit = s.breaker.State().String()
 	st.DegradedMode = s.cfg.Degraded.Mode
-	st.Degraded = s.cfg.Degraded.Mode == "load" && (!st.Redis.OK || s.breaker.State() != gobreaker.StateClosed)
-	st.Ready = st.MySQL.OK && (st.Redis.OK || s.cfg.Degraded.Mode == "load")
+	st.Degraded = s.servesWithoutRedis() && (!st.Redis.OK || s.breaker.State() != gobreaker.StateClosed)
+	st.Ready = st.MySQL.OK && (st.Redis.OK || s.servesWithoutRedis()) // as Ready decides
 	if s.tail != nil {
 		v := s.tail.View()
 		st.CDC = &v
