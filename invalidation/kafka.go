@@ -75,6 +75,9 @@ type Kafka struct {
 	writer *kafka.Writer
 	dlq    *kafka.Writer
 	queue  chan queued
+	// waiting counts the queued keys and those of the batch being written: the keys Kafka has
+	// not yet taken.
+	waiting atomic.Int64
 }
 
 type queued struct {
@@ -117,7 +120,7 @@ func NewKafka(o KafkaOptions) *Kafka {
 	}
 	k := &Kafka{o: o, log: o.Logger.With("component", "kafka-retry"), writer: writer(o.Topic), dlq: writer(o.DLQTopic),
 		queue: make(chan queued, o.QueueSize)}
-	k.m = newKafkaMetrics(o.Registerer, func() float64 { return float64(len(k.queue)) })
+	k.m = newKafkaMetrics(o.Registerer, func() float64 { return float64(k.waiting.Load()) })
 	return k
 }
 
@@ -140,9 +143,11 @@ func (k *Kafka) Retry(ctx context.Context, keys []string, position string, cause
 	}
 	for _, key := range keys {
 		m := Message{Key: key, Position: position, Attempt: 1, NotBefore: time.Now().Add(k.backoff(1)).UnixMilli(), Error: msg}
+		k.waiting.Add(1)
 		select {
 		case k.queue <- queued{msg: encode(m), group: g}:
 		case <-ctx.Done():
+			k.waiting.Add(-1)
 			return nil, ctx.Err()
 		}
 	}
@@ -192,6 +197,7 @@ func (k *Kafka) produce(ctx context.Context) {
 			return // ctx ended; those keys were never acknowledged
 		}
 		k.m.produced.Add(float64(len(batch)))
+		k.waiting.Add(-int64(len(batch)))
 		for _, q := range batch {
 			if q.group.left.Add(-1) == 0 {
 				close(q.group.done)
@@ -409,6 +415,7 @@ func (k *Kafka) handle(ctx context.Context, km kafka.Message) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	k.m.failed.Inc()
 	m.Attempt++
 	m.Error = errString(err)
 	if m.Attempt >= k.o.MaxAttempts {
@@ -435,9 +442,9 @@ func errString(err error) string {
 }
 
 type kafkaMetrics struct {
-	produced, consumed, handled, succeeded, deadLettered prometheus.Counter
-	errors                                               *prometheus.CounterVec
-	delay                                                prometheus.Histogram
+	produced, consumed, handled, succeeded, failed, deadLettered prometheus.Counter
+	errors                                                       *prometheus.CounterVec
+	delay                                                        prometheus.Histogram
 }
 
 func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetrics {
@@ -449,6 +456,7 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 		consumed:     c("sidecache_retry_consumed_total", "Retry messages consumed."),
 		handled:      c("sidecache_retry_handled_total", "Retry messages whose work is done: the key deleted, the next attempt produced, or the message dead-lettered."),
 		succeeded:    c("sidecache_retry_succeeded_total", "Retried deletes that succeeded."),
+		failed:       c("sidecache_retry_failed_total", "Retried deletes that failed again; each is produced again or dead-lettered."),
 		deadLettered: c("sidecache_retry_dead_lettered_total", "Deletes that failed every attempt and went to the dead-letter topic."),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecache_kafka_errors_total", Help: "Kafka calls that failed, by op: produce, fetch, commit.",
@@ -463,7 +471,7 @@ func newKafkaMetrics(reg prometheus.Registerer, depth func() float64) kafkaMetri
 		Name: "sidecache_retry_queue_depth", Help: "Failed deletes waiting in process for Kafka to take them.",
 	}, depth)
 	if reg != nil {
-		reg.MustRegister(m.produced, m.consumed, m.handled, m.succeeded, m.deadLettered, m.errors, m.delay, depthGauge)
+		reg.MustRegister(m.produced, m.consumed, m.handled, m.succeeded, m.failed, m.deadLettered, m.errors, m.delay, depthGauge)
 	}
 	return m
 }

@@ -1061,9 +1061,10 @@ func chaosFiltersReady(t *testing.T, c *consistencyRun, tables []*chaosTable) {
 // chaosSettle waits, at most within, until the checkpoint is at the server's position (both
 // deletes of every change done or handed to Kafka), the retry workers have committed every
 // retry message (their consumer group's offsets are at the end of the retry topic) and no
-// sidecar holds a failed delete or a second delete; then one more second. The retry counters
-// of settleRetries are not enough here: a SIGKILLed sidecar takes the counts of the messages it
-// consumed with it. It returns -1 when it gave up, and the state it saw last.
+// sidecar holds a failed delete or a second delete; then one more second. Unlike
+// settleRetries it compares the checkpoint with the server's GTID position itself, since a
+// SIGKILLed sidecar takes its metrics with it. It returns -1 when it gave up, and the state it
+// saw last.
 func chaosSettle(c *consistencyRun, k *kfake.Cluster, within time.Duration) (time.Duration, string) {
 	start := time.Now()
 	var want string
@@ -1073,7 +1074,7 @@ func chaosSettle(c *consistencyRun, k *kfake.Cluster, within time.Duration) (tim
 	client := &kafka.Client{Addr: kafka.TCP(k.ListenAddrs()...), Timeout: 5 * time.Second}
 	for {
 		cp := chaosCheckpoint(c)
-		lag, dead, kerr := chaosRetryLag(client)
+		lag, dead, kerr := retryLag(client)
 		queue := c.metricsSum("sidecache_retry_queue_depth")
 		pending := c.metricsSum("sidecache_second_deletes_pending")
 		state := fmt.Sprintf("checkpoint %q, server at %q; %d retry messages not yet handled, %d dead letters; %v failed deletes queued for Kafka, %v second deletes pending; %v retry messages produced and %v consumed by the sidecars alive",
@@ -1090,60 +1091,6 @@ func chaosSettle(c *consistencyRun, k *kfake.Cluster, within time.Duration) (tim
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// chaosRetryLag returns how many retry messages the consumer group has not committed, and how
-// many messages the dead-letter topic holds.
-func chaosRetryLag(client *kafka.Client) (lag, dead int64, err error) {
-	ctx := context.Background()
-	const dlq = "sidecache.invalidate.dlq"
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{retryTopics, dlq}})
-	if err != nil {
-		return 0, 0, err
-	}
-	parts := map[string][]int{}
-	reqs := map[string][]kafka.OffsetRequest{}
-	for _, tp := range md.Topics {
-		if tp.Error != nil {
-			return 0, 0, fmt.Errorf("%s: %w", tp.Name, tp.Error)
-		}
-		for _, p := range tp.Partitions {
-			parts[tp.Name] = append(parts[tp.Name], p.ID)
-			reqs[tp.Name] = append(reqs[tp.Name], kafka.LastOffsetOf(p.ID))
-		}
-	}
-	ends, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: reqs})
-	if err != nil {
-		return 0, 0, err
-	}
-	committed, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: "sidecache-invalidate", Topics: map[string][]int{retryTopics: parts[retryTopics]}})
-	if err != nil {
-		return 0, 0, err
-	}
-	if committed.Error != nil {
-		return 0, 0, committed.Error
-	}
-	at := map[int]int64{}
-	for _, p := range committed.Topics[retryTopics] {
-		if p.Error != nil {
-			return 0, 0, p.Error
-		}
-		at[p.Partition] = max(p.CommittedOffset, 0)
-	}
-	for topic, ps := range ends.Topics {
-		for _, p := range ps {
-			if p.Error != nil {
-				return 0, 0, p.Error
-			}
-			switch topic {
-			case retryTopics:
-				lag += p.LastOffset - at[p.Partition]
-			case dlq:
-				dead += p.LastOffset
-			}
-		}
-	}
-	return lag, dead, nil
 }
 
 // chaosRow is a row as MariaDB holds it.
