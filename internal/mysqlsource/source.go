@@ -96,7 +96,9 @@ type Cascade struct {
 
 // Source loads rows of the configured entities.
 type Source struct {
-	db       *sql.DB
+	db *sql.DB // the schema checks
+	// reads serves loads and scans: db, or a replica after ReadFrom.
+	reads    *sql.DB
 	schema   string
 	timeout  time.Duration
 	entities map[string]*Entity
@@ -122,7 +124,7 @@ func New(ctx context.Context, db *sql.DB, schema string, entities []Spec, queryT
 	if queryTimeout <= 0 {
 		queryTimeout = DefaultQueryTimeout
 	}
-	s := &Source{db: db, schema: schema, timeout: queryTimeout, entities: make(map[string]*Entity)}
+	s := &Source{db: db, reads: db, schema: schema, timeout: queryTimeout, entities: make(map[string]*Entity)}
 	mariadb, err := isMariaDB(ctx, db)
 	if err != nil {
 		return nil, err
@@ -277,7 +279,7 @@ func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, err
 	e.scanFirst = "SELECT " + k + from + " WHERE " + k + " <= ? ORDER BY " + k + " LIMIT ?"
 	e.scanNext = "SELECT " + k + from + " WHERE " + k + " > ? AND " + k + " <= ? ORDER BY " + k + " LIMIT ?"
 	e.last = "SELECT " + k + from + " ORDER BY " + k + " DESC LIMIT 1"
-	if e.one, err = s.db.PrepareContext(ctx, e.query+" = ?"); err != nil {
+	if e.one, err = s.reads.PrepareContext(ctx, e.query+" = ?"); err != nil {
 		return nil, fmt.Errorf("mysql: preparing the query for entity %q: %w", ce.Name, err)
 	}
 	return e, nil
@@ -372,8 +374,37 @@ func quote(ident string) string { return "`" + strings.ReplaceAll(ident, "`", "`
 // Entity returns the checked entity called name, or nil.
 func (s *Source) Entity(name string) *Entity { return s.entities[name] }
 
-// Ping checks that MySQL answers.
-func (s *Source) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+// ReadFrom makes loads and scans read db (a replica of the database the schema checks read)
+// from now on. Call it before serving; the caller owns db.
+func (s *Source) ReadFrom(ctx context.Context, db *sql.DB) error {
+	for name, e := range s.entities {
+		one, err := db.PrepareContext(ctx, e.query+" = ?")
+		if err != nil {
+			return fmt.Errorf("mysql: preparing the query for entity %q on the replica: %w", name, err)
+		}
+		e.mu.Lock()
+		e.one.Close()
+		e.one = one
+		for n, st := range e.many {
+			st.Close()
+			delete(e.many, n)
+		}
+		e.mu.Unlock()
+	}
+	s.reads = db
+	return nil
+}
+
+// Ping checks that MySQL (and the replica loads read, if any) answers.
+func (s *Source) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return err
+	}
+	if s.reads != s.db {
+		return s.reads.PingContext(ctx)
+	}
+	return nil
+}
 
 // Close releases the prepared statements (not the pool, which the caller owns).
 func (s *Source) Close() {
@@ -421,7 +452,7 @@ func (s *Source) LastID(ctx context.Context, entity string) (id string, ok bool,
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var v any
-	switch err := s.db.QueryRowContext(ctx, e.last).Scan(&v); {
+	switch err := s.reads.QueryRowContext(ctx, e.last).Scan(&v); {
 	case errors.Is(err, sql.ErrNoRows):
 		return "", false, nil
 	case err != nil:
@@ -453,13 +484,13 @@ func (s *Source) ScanIDs(ctx context.Context, entity string, after, last *string
 	}
 	var rows *sql.Rows
 	if after == nil {
-		rows, err = s.db.QueryContext(ctx, e.scanFirst, upTo, limit)
+		rows, err = s.reads.QueryContext(ctx, e.scanFirst, upTo, limit)
 	} else {
 		var arg any
 		if arg, err = e.Key.arg(*after); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidID, err)
 		}
-		rows, err = s.db.QueryContext(ctx, e.scanNext, arg, upTo, limit)
+		rows, err = s.reads.QueryContext(ctx, e.scanNext, arg, upTo, limit)
 	}
 	if err != nil {
 		return nil, err
@@ -542,7 +573,7 @@ func (s *Source) manyStmt(ctx context.Context, e *Entity, n int) (*sql.Stmt, err
 		return st, nil
 	}
 	q := e.query + " IN (?" + strings.Repeat(", ?", n-1) + ")"
-	st, err := s.db.PrepareContext(ctx, q)
+	st, err := s.reads.PrepareContext(ctx, q)
 	if err != nil {
 		return nil, err
 	}
