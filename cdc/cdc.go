@@ -42,12 +42,26 @@ import (
 
 // Target is one entity served from a tailed table.
 type Target struct {
-	Entity    string
-	KeyColumn string // the primary key column's name
-	KeyIndex  int    // its position in the schema read at start: used only without row metadata
-	Unsigned  bool
-	Bits      int  // integer width; 0 for string keys
-	Bloom     bool // add inserted ids to the entity's Bloom filter
+	Entity string
+	Key    []KeyColumn // the primary key's columns, in order
+	Bloom  bool        // add inserted ids to the entity's Bloom filter
+}
+
+// KeyColumn is one column of a target's key.
+type KeyColumn struct {
+	Name     string
+	Index    int // its position in the schema read at start: used only without row metadata
+	Unsigned bool
+	Bits     int // integer width; 0 for string columns
+}
+
+// keyNames returns the key's column names, joined by ','.
+func (tg Target) keyNames() string {
+	names := make([]string, len(tg.Key))
+	for i, k := range tg.Key {
+		names[i] = k.Name
+	}
+	return strings.Join(names, ",")
 }
 
 // OnBinlogGone says what a tail does when the binlog it must resume from has been purged.
@@ -174,7 +188,7 @@ func (t *Tail) setTables(lower bool) {
 	for table, targets := range t.o.Tables {
 		t.tables[t.fold(table)] = append(t.tables[t.fold(table)], targets...)
 		for _, tg := range targets {
-			t.fingerprints[tg.Entity] = "v2:" + strings.ToLower(table) + "." + strings.ToLower(tg.KeyColumn)
+			t.fingerprints[tg.Entity] = "v2:" + strings.ToLower(table) + "." + strings.ToLower(tg.keyNames())
 			t.filtered[tg.Entity] = tg.Bloom
 		}
 	}

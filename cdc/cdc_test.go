@@ -73,7 +73,7 @@ func (g *rig) newTail(ttl time.Duration, opt func(*cdc.Options), check bool) *cd
 	o := cdc.Options{
 		Flavor: "mariadb", ServerID: uint32(1000 + seq.Add(1)), Host: host, Port: uint16(p), User: "root",
 		Schema: g.db, Prefix: g.prefix, DB: g.root, Redis: g.rc, Invalidator: g.inv, LeaderTTL: ttl,
-		Tables: map[string][]cdc.Target{"items": {{Entity: "items", KeyColumn: "id", KeyIndex: 0, Unsigned: true, Bits: 32}}},
+		Tables: map[string][]cdc.Target{"items": {{Entity: "items", Key: []cdc.KeyColumn{{Name: "id", Index: 0, Unsigned: true, Bits: 32}}}}},
 		Logger: testLogger(),
 	}
 	if opt != nil {

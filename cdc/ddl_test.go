@@ -7,9 +7,9 @@ import (
 
 func TestStatementEntities(t *testing.T) {
 	tl := &Tail{o: Options{Schema: "app", Tables: map[string][]Target{
-		"items":  {{Entity: "items", KeyColumn: "id"}},
-		"Users":  {{Entity: "users", KeyColumn: "id"}},
-		"orders": {{Entity: "orders", KeyColumn: "id"}, {Entity: "orders-by-id", KeyColumn: "id"}},
+		"items":  {{Entity: "items", Key: []KeyColumn{{Name: "id"}}}},
+		"Users":  {{Entity: "users", Key: []KeyColumn{{Name: "id"}}}},
+		"orders": {{Entity: "orders", Key: []KeyColumn{{Name: "id"}}}, {Entity: "orders-by-id", Key: []KeyColumn{{Name: "id"}}}},
 	}}}
 	tl.setTables(false)
 	tests := []struct {

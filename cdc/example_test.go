@@ -23,7 +23,7 @@ func Example() {
 	tail := cdc.New(cdc.Options{
 		Flavor: "mariadb", Host: "127.0.0.1", Port: 3306, User: "cdc", Password: "secret",
 		Schema: "shop", Prefix: "sc:", DB: db, Redis: rdb, Invalidator: inv,
-		Tables: map[string][]cdc.Target{"items": {{Entity: "items", KeyColumn: "id", Bits: 64}}},
+		Tables: map[string][]cdc.Target{"items": {{Entity: "items", Key: []cdc.KeyColumn{{Name: "id", Bits: 64}}}}},
 	})
 	if err := tail.Check(ctx); err != nil { // the server's binlog settings and the account's grants
 		panic(err)

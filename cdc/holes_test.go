@@ -126,8 +126,8 @@ func TestNewEntityIsDroppedBeforeCovered(t *testing.T) {
 	g.exec("INSERT INTO things VALUES (1, 1), (2, 2)")
 	both := func(o *cdc.Options) {
 		o.Tables = map[string][]cdc.Target{
-			"items":  {{Entity: "items", KeyColumn: "id", Unsigned: true, Bits: 32}},
-			"things": {{Entity: "things", KeyColumn: "id", Bits: 32}},
+			"items":  {{Entity: "items", Key: []cdc.KeyColumn{{Name: "id", Unsigned: true, Bits: 32}}}},
+			"things": {{Entity: "things", Key: []cdc.KeyColumn{{Name: "id", Bits: 32}}}},
 		}
 	}
 	old := g.tailWith(time.Second, nil)
@@ -239,7 +239,7 @@ func TestKeyMoveAddsToFilter(t *testing.T) {
 	t.Cleanup(func() { stopInv(); <-invDone })
 	tl := g.tailWith(time.Second, func(o *cdc.Options) {
 		o.Invalidator = inv
-		o.Tables = map[string][]cdc.Target{"items": {{Entity: "items", KeyColumn: "id", Unsigned: true, Bits: 32, Bloom: true}}}
+		o.Tables = map[string][]cdc.Target{"items": {{Entity: "items", Key: []cdc.KeyColumn{{Name: "id", Unsigned: true, Bits: 32}}, Bloom: true}}}
 	})
 	g.run(tl)
 	g.waitCheckpoint(tl)

@@ -55,31 +55,31 @@ func TestResumePoint(t *testing.T) {
 func TestFormatID(t *testing.T) {
 	tests := []struct {
 		v       any
-		tg      Target
+		tg      KeyColumn
 		charset string
 		want    string
 	}{
-		{int32(42), Target{Bits: 32}, "", "42"},
-		{int32(-7), Target{Bits: 32}, "", "-7"},
-		{int32(-1), Target{Unsigned: true, Bits: 32}, "", "4294967295"},           // INT UNSIGNED max, without metadata
-		{int8(-1), Target{Unsigned: true, Bits: 8}, "", "255"},                    // TINYINT UNSIGNED max, without metadata
-		{int32(-1), Target{Unsigned: true, Bits: 24}, "", "16777215"},             // MEDIUMINT UNSIGNED max, without metadata
-		{int64(-1), Target{Unsigned: true, Bits: 64}, "", "18446744073709551615"}, // BIGINT UNSIGNED max, without metadata
-		{int64(-9223372036854775808), Target{Bits: 64}, "", "-9223372036854775808"},
-		{int8(-128), Target{Bits: 8}, "", "-128"},
-		{int16(-32768), Target{Bits: 16}, "", "-32768"},
+		{int32(42), KeyColumn{Bits: 32}, "", "42"},
+		{int32(-7), KeyColumn{Bits: 32}, "", "-7"},
+		{int32(-1), KeyColumn{Unsigned: true, Bits: 32}, "", "4294967295"},           // INT UNSIGNED max, without metadata
+		{int8(-1), KeyColumn{Unsigned: true, Bits: 8}, "", "255"},                    // TINYINT UNSIGNED max, without metadata
+		{int32(-1), KeyColumn{Unsigned: true, Bits: 24}, "", "16777215"},             // MEDIUMINT UNSIGNED max, without metadata
+		{int64(-1), KeyColumn{Unsigned: true, Bits: 64}, "", "18446744073709551615"}, // BIGINT UNSIGNED max, without metadata
+		{int64(-9223372036854775808), KeyColumn{Bits: 64}, "", "-9223372036854775808"},
+		{int8(-128), KeyColumn{Bits: 8}, "", "-128"},
+		{int16(-32768), KeyColumn{Bits: 16}, "", "-32768"},
 		// With binlog_row_metadata=FULL, go-mysql hands unsigned columns over as unsigned types.
-		{uint8(255), Target{Unsigned: true, Bits: 8}, "", "255"},
-		{uint16(65535), Target{Unsigned: true, Bits: 16}, "", "65535"},
-		{uint32(16777215), Target{Unsigned: true, Bits: 24}, "", "16777215"},
-		{uint32(4294967295), Target{Unsigned: true, Bits: 32}, "", "4294967295"},
-		{uint64(18446744073709551615), Target{Unsigned: true, Bits: 64}, "", "18446744073709551615"},
-		{[]byte("JP"), Target{}, "", "JP"},
-		{"a:b}c", Target{}, "utf8mb4", "a:b}c"},
-		{"né☃", Target{}, "utf8mb4", "né☃"},
-		{"plain", Target{}, "latin1", "plain"},
-		{"\xe9t\xe9 \x80", Target{}, "latin1", "été €"}, // MySQL's latin1 is Windows-1252
-		{"plain", Target{}, "cp1251", "plain"},
+		{uint8(255), KeyColumn{Unsigned: true, Bits: 8}, "", "255"},
+		{uint16(65535), KeyColumn{Unsigned: true, Bits: 16}, "", "65535"},
+		{uint32(16777215), KeyColumn{Unsigned: true, Bits: 24}, "", "16777215"},
+		{uint32(4294967295), KeyColumn{Unsigned: true, Bits: 32}, "", "4294967295"},
+		{uint64(18446744073709551615), KeyColumn{Unsigned: true, Bits: 64}, "", "18446744073709551615"},
+		{[]byte("JP"), KeyColumn{}, "", "JP"},
+		{"a:b}c", KeyColumn{}, "utf8mb4", "a:b}c"},
+		{"né☃", KeyColumn{}, "utf8mb4", "né☃"},
+		{"plain", KeyColumn{}, "latin1", "plain"},
+		{"\xe9t\xe9 \x80", KeyColumn{}, "latin1", "été €"}, // MySQL's latin1 is Windows-1252
+		{"plain", KeyColumn{}, "cp1251", "plain"},
 	}
 	for _, tt := range tests {
 		if got, ok := formatID(tt.v, tt.tg, tt.charset); !ok || got != tt.want {
@@ -88,14 +88,14 @@ func TestFormatID(t *testing.T) {
 	}
 	unreadable := []struct {
 		v       any
-		tg      Target
+		tg      KeyColumn
 		charset string
 	}{
-		{3.5, Target{}, ""},          // no key has this type
-		{"\xe9t\xe9", Target{}, ""},  // not UTF-8
-		{"\xe9", Target{}, "cp1251"}, // a character set the tail cannot convert
-		{int32(5), Target{}, ""},     // an integer where the key is a string
-		{nil, Target{Bits: 32}, ""},  // a column missing from a minimal row image
+		{3.5, KeyColumn{}, ""},          // no key has this type
+		{"\xe9t\xe9", KeyColumn{}, ""},  // not UTF-8
+		{"\xe9", KeyColumn{}, "cp1251"}, // a character set the tail cannot convert
+		{int32(5), KeyColumn{}, ""},     // an integer where the key is a string
+		{nil, KeyColumn{Bits: 32}, ""},  // a column missing from a minimal row image
 	}
 	for _, tt := range unreadable {
 		if got, ok := formatID(tt.v, tt.tg, tt.charset); ok {
@@ -105,22 +105,35 @@ func TestFormatID(t *testing.T) {
 }
 
 func TestKeyIndex(t *testing.T) {
-	tg := Target{KeyColumn: "id", KeyIndex: 0}
+	tg := Target{Key: []KeyColumn{{Name: "id", Index: 0}}}
 	withNames := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("extra"), []byte("ID"), []byte("name")}, PrimaryKey: []uint64{1}}
-	if got := keyIndex(withNames, tg); got != 1 {
+	if got := keyIndex(withNames, tg.Key, 0); got != 1 {
 		t.Errorf("with column names: %d, want 1", got)
 	}
 	pkOnly := &replication.TableMapEvent{PrimaryKey: []uint64{2}}
-	if got := keyIndex(pkOnly, tg); got != 2 {
+	if got := keyIndex(pkOnly, tg.Key, 0); got != 2 {
 		t.Errorf("with the primary key only: %d, want 2", got)
 	}
 	bare := &replication.TableMapEvent{}
-	if got := keyIndex(bare, Target{KeyColumn: "id", KeyIndex: 3}); got != 3 {
+	if got := keyIndex(bare, []KeyColumn{{Name: "id", Index: 3}}, 0); got != 3 {
 		t.Errorf("without metadata: %d, want the start-time index 3", got)
 	}
 	renamed := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("uid")}}
-	if got := keyIndex(renamed, tg); got != -1 {
+	if got := keyIndex(renamed, tg.Key, 0); got != -1 {
 		t.Errorf("key column gone: %d, want -1 (reported, not guessed)", got)
+	}
+	// A composite key: each column by name, or by the primary key the event declares, in order.
+	pair := []KeyColumn{{Name: "actor_id", Index: 5}, {Name: "film_id", Index: 6}}
+	named := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("film_id"), []byte("x"), []byte("actor_id")}}
+	if a, f := keyIndex(named, pair, 0), keyIndex(named, pair, 1); a != 2 || f != 0 {
+		t.Errorf("composite by name: %d, %d; want 2, 0", a, f)
+	}
+	declared := &replication.TableMapEvent{PrimaryKey: []uint64{3, 1}}
+	if a, f := keyIndex(declared, pair, 0), keyIndex(declared, pair, 1); a != 3 || f != 1 {
+		t.Errorf("composite by the declared primary key: %d, %d; want 3, 1", a, f)
+	}
+	if a, f := keyIndex(bare, pair, 0), keyIndex(bare, pair, 1); a != 5 || f != 6 {
+		t.Errorf("composite without metadata: %d, %d; want the start-time 5, 6", a, f)
 	}
 }
 

@@ -349,18 +349,12 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 		if _, dropping := w.drops[tg.Entity]; dropping || s.dropped[tg.Entity] {
 			continue // the whole cache goes anyway
 		}
-		idx := keyIndex(e.Table, tg)
-		charset := t.keyCharset(e.Table, idx)
+		read := t.keyReader(e.Table, tg)
 		for i := 0; i < len(e.Rows); i += step {
 			var ids [2]string
 			ok := true
 			for j := 0; j < step && i+j < len(e.Rows); j++ {
-				row := e.Rows[i+j]
-				if idx < 0 || idx >= len(row) {
-					ok = false
-					break
-				}
-				if ids[j], ok = formatID(row[idx], tg, charset); !ok {
+				if ids[j], ok = read(e.Rows[i+j]); !ok {
 					break
 				}
 			}
@@ -394,21 +388,46 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 	}
 }
 
-// keyIndex finds the key column in the event's own metadata: by name, then by the primary key
+// keyReader returns the function that reads a row image's id for tg, as the read path writes
+// ids: each key column's value in the id's form, joined as keys.JoinID joins them. It reports
+// false for a row whose key cannot be read.
+func (t *Tail) keyReader(tm *replication.TableMapEvent, tg Target) func(row []any) (string, bool) {
+	idx := make([]int, len(tg.Key))
+	charsets := make([]string, len(tg.Key))
+	for i := range tg.Key {
+		idx[i] = keyIndex(tm, tg.Key, i)
+		charsets[i] = t.keyCharset(tm, idx[i])
+	}
+	parts := make([]string, len(tg.Key))
+	return func(row []any) (string, bool) {
+		for i, at := range idx {
+			if at < 0 || at >= len(row) {
+				return "", false
+			}
+			var ok bool
+			if parts[i], ok = formatID(row[at], tg.Key[i], charsets[i]); !ok {
+				return "", false
+			}
+		}
+		return keys.JoinID(parts), true
+	}
+}
+
+// keyIndex finds key column i in the event's own metadata: by name, then by the primary key
 // it declares, and only without metadata by the schema read at start.
-func keyIndex(tm *replication.TableMapEvent, tg Target) int {
+func keyIndex(tm *replication.TableMapEvent, key []KeyColumn, i int) int {
 	if names := tm.ColumnNameString(); len(names) > 0 {
-		for i, n := range names {
-			if strings.EqualFold(n, tg.KeyColumn) {
-				return i
+		for at, n := range names {
+			if strings.EqualFold(n, key[i].Name) {
+				return at
 			}
 		}
 		return -1
 	}
-	if len(tm.PrimaryKey) == 1 {
-		return int(tm.PrimaryKey[0])
+	if len(tm.PrimaryKey) == len(key) {
+		return int(tm.PrimaryKey[i])
 	}
-	return tg.KeyIndex
+	return key[i].Index
 }
 
 // keyCharset is the character set of a string key column as the event declares it ("" when
@@ -431,7 +450,7 @@ func (t *Tail) keyCharset(tm *replication.TableMapEvent, idx int) string {
 // (without row metadata unsigned columns arrive as signed values of their width), strings as
 // they are. ok is false for a value whose id cannot be known: a type no key has, or a string
 // that is not UTF-8 or is in a character set whose bytes the read path would see differently.
-func formatID(v any, tg Target, charset string) (string, bool) {
+func formatID(v any, tg KeyColumn, charset string) (string, bool) {
 	var n int64
 	switch v := v.(type) {
 	case int8:
@@ -529,7 +548,7 @@ func (t *Tail) unreadable(tg Target, table string) {
 	t.lastUnreadable[tg.Entity] = time.Now()
 	t.log.Error("a row of a tailed table has a key that cannot be read (the key column was renamed, "+
 		"changed type or character set, or binlog_row_image is not FULL): dropping the entity's whole cache; "+
-		"restart sidecache after changing a key column", "entity", tg.Entity, "table", table, "key", tg.KeyColumn)
+		"restart sidecache after changing a key column", "entity", tg.Entity, "table", table, "key", tg.keyNames())
 }
 
 // statementEntities returns the entities whose tables a statement names, and whether the

@@ -16,8 +16,8 @@ import (
 func testTail() *Tail {
 	return New(Options{Flavor: "mysql", Schema: "app", Prefix: "sc:",
 		Tables: map[string][]Target{
-			"items":  {{Entity: "items", KeyColumn: "id", Bits: 64, Bloom: true}},
-			"things": {{Entity: "things", KeyColumn: "id", Bits: 64}},
+			"items":  {{Entity: "items", Key: []KeyColumn{{Name: "id", Bits: 64}}, Bloom: true}},
+			"things": {{Entity: "things", Key: []KeyColumn{{Name: "id", Bits: 64}}}},
 		}})
 }
 

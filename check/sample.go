@@ -232,8 +232,41 @@ func dbErr(e *Entity, err error) error {
 
 // randomStart returns a random point between first and last, as the id to read after; ok is
 // false for the very start (read from the first id). Integer keys are picked uniformly;
-// string keys by their first strDigits characters, a coarse but cheap spread.
+// string keys by their first strDigits characters, a coarse but cheap spread. A key of
+// several columns is spread by its first column, the others starting at their least values.
 func randomStart(k mysqlsource.Key, first, last string) (after string, ok bool) {
+	if len(k) > 1 {
+		lo, ok1 := keys.SplitID(first, len(k))
+		hi, ok2 := keys.SplitID(last, len(k))
+		if !ok1 || !ok2 {
+			return "", false
+		}
+		start, ok := partStart(k[0], lo[0], hi[0])
+		if !ok {
+			return "", false
+		}
+		parts := []string{start}
+		for _, p := range k[1:] {
+			parts = append(parts, least(p))
+		}
+		return keys.JoinID(parts), true
+	}
+	return partStart(k[0], first, last)
+}
+
+// least is a key column's least value.
+func least(p mysqlsource.KeyPart) string {
+	if p.Kind == mysqlsource.KeyInt {
+		return strconv.FormatInt(math.MinInt64>>(64-p.Bits), 10)
+	}
+	if p.Kind == mysqlsource.KeyUint {
+		return "0"
+	}
+	return ""
+}
+
+// partStart is randomStart for one column.
+func partStart(k mysqlsource.KeyPart, first, last string) (after string, ok bool) {
 	switch k.Kind {
 	case mysqlsource.KeyInt:
 		lo, err1 := strconv.ParseInt(first, 10, 64)

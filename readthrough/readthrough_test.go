@@ -70,7 +70,7 @@ func (c noCache) SetMany(context.Context, []readthrough.Entry) error {
 
 var items = readthrough.Entity{
 	Name: "items", ParseID: func(raw string) (string, error) {
-		return mysqlsource.Key{Kind: mysqlsource.KeyUint, Bits: 64}.Parse(raw, 255)
+		return mysqlsource.Key{{Kind: mysqlsource.KeyUint, Bits: 64}}.Parse(raw, 255)
 	},
 	TTL: time.Minute, NullTTL: 10 * time.Second, Jitter: 0.2,
 }

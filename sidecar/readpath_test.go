@@ -219,7 +219,9 @@ CREATE TABLE dkey (d DATE NOT NULL PRIMARY KEY)`)
 		{"  - name: items\n    key: name\n", []string{`entity "items"`, "key", `"name" is not the primary key`, `"id"`}},
 		{"  - name: items\n    key: nope\n", []string{`entity "items"`, "key", `"nope" does not exist`}},
 		{"  - name: items\n    columns: [id, cost]\n", []string{`entity "items"`, "columns[1]", `"cost" does not exist`}},
-		{"  - name: pairs\n", []string{`entity "pairs"`, "key", "composite primary key"}},
+		{"  - name: pairs\n    key: a\n", []string{`entity "pairs"`, "key", "composite primary key (a, b)", "[a, b]"}},
+		{"  - name: pairs\n    key: [b, a]\n", []string{`entity "pairs"`, "key", "composite primary key (a, b)", "in that order"}},
+		{"  - name: items\n    key: [id, name]\n", []string{`entity "items"`, "key", `"id, name" is not the primary key`}},
 		{"  - name: nokey\n", []string{`entity "nokey"`, "key", "no primary key"}},
 		{"  - name: dkey\n", []string{`entity "dkey"`, "key", "not supported as a key"}},
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -184,7 +185,7 @@ func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, st
 func (s *Sidecar) logEntities() {
 	for _, ce := range s.cfg.Entities {
 		se := s.source.Entity(ce.Name)
-		s.log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", se.KeyName, "columns", len(se.Columns))
+		s.log.Info("entity ready", "entity", ce.Name, "table", se.Table, "key", strings.Join(se.Key.Names(), ","), "columns", len(se.Columns))
 		for _, c := range se.Cascades {
 			s.log.Warn("foreign-key cascade: the server changes this table's rows through it without binlog row events, "+
 				"so those changes are not invalidated; see the README on foreign keys",
@@ -279,10 +280,11 @@ func (s *Sidecar) newTail(ctx context.Context, reg prometheus.Registerer, schema
 	tables := map[string][]cdc.Target{}
 	for _, ce := range cfg.Entities {
 		se := s.source.Entity(ce.Name)
-		tables[se.Table] = append(tables[se.Table], cdc.Target{
-			Entity: ce.Name, KeyColumn: se.KeyName, KeyIndex: se.KeyOrdinal,
-			Unsigned: se.Key.Kind == mysqlsource.KeyUint, Bits: se.Key.Bits, Bloom: ce.Bloom.Enabled,
-		})
+		tg := cdc.Target{Entity: ce.Name, Bloom: ce.Bloom.Enabled}
+		for _, p := range se.Key {
+			tg.Key = append(tg.Key, cdc.KeyColumn{Name: p.Name, Index: p.Ordinal, Unsigned: p.Kind == mysqlsource.KeyUint, Bits: p.Bits})
+		}
+		tables[se.Table] = append(tables[se.Table], tg)
 	}
 	conn := cfg.CDC.Conn
 	tail := cdc.New(cdc.Options{

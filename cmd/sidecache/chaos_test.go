@@ -32,8 +32,9 @@ import (
 	"github.com/sidecache/sidecache/internal/keys"
 )
 
-// TestChaosConsistency is the randomized, seeded consistency test: twelve tables, one per key
-// type, written by several goroutines (single statements, bulk transactions, multi-row
+// TestChaosConsistency is the randomized, seeded consistency test: fifteen tables, one per key
+// type and three with composite keys (whose key moves change one column or several), written
+// by several goroutines (single statements, bulk transactions, multi-row
 // statements, TRUNCATE, table swaps) and read through three sidecars, while the CDC leader is
 // killed, Redis restarts empty and 20% of cache deletes fail. Once the writes stop and the
 // binlog tail and the retries have caught up, every sidecar must answer exactly what MariaDB
@@ -210,15 +211,20 @@ const (
 	chaosSigned chaosKind = iota
 	chaosUnsigned
 	chaosString
+	chaosComposite // a key of several columns, each of one of the kinds above
 )
 
 // chaosTable is one table (and entity) with its key type, its id domain, and the ids the run
 // touched.
 type chaosTable struct {
-	name, sqlType, key string
-	kind               chaosKind
-	bits               int // integer keys
-	whole              bool
+	name, sqlType string
+	kind          chaosKind
+	bits          int // integer keys
+	whole         bool
+	// cols are the key's columns, and parts their kinds and bits (one for a one-column key).
+	cols  []string
+	parts []chaosPart
+	ddl   string // a composite key's column definitions and PRIMARY KEY clause
 	// dense ids collide often; extremes are the type's edges, drawn more often than their share.
 	dense, extremes []string
 
@@ -250,17 +256,91 @@ func chaosNewTables(rng *rand.Rand) []*chaosTable {
 	}
 	var tables []*chaosTable
 	for _, s := range specs {
-		tb := &chaosTable{name: s.name, sqlType: s.sqlType, key: "id", kind: s.kind, bits: s.bits, whole: s.bits <= 16, seen: map[string]bool{}}
+		tb := &chaosTable{name: s.name, sqlType: s.sqlType, kind: s.kind, bits: s.bits, whole: s.bits <= 16,
+			cols: []string{"id"}, parts: []chaosPart{{s.kind, s.bits}}, seen: map[string]bool{}}
 		switch s.kind {
 		case chaosSigned, chaosUnsigned:
 			tb.dense, tb.extremes = chaosIntDomain(s.kind == chaosSigned, s.bits)
 		case chaosString:
-			tb.key, tb.whole = "k", false
+			tb.cols, tb.whole = []string{"k"}, false
 			tb.dense, tb.extremes = chaosStringDomain(rng, s.bits)
 		}
 		tables = append(tables, tb)
 	}
+	// Composite keys: a join table's pair of integers, a string whose values hold ',' and '%'
+	// (which ids percent-encode) next to an integer, and three columns of three kinds. Key moves
+	// change one column or several.
+	composites := []struct {
+		name  string
+		cols  []string
+		types []string
+		parts []chaosPart
+	}{
+		{"t_pair", []string{"actor_id", "film_id"}, []string{"SMALLINT UNSIGNED", "SMALLINT UNSIGNED"}, []chaosPart{{chaosUnsigned, 16}, {chaosUnsigned, 16}}},
+		{"t_tag", []string{"tag", "seq"}, []string{"VARCHAR(10)", "TINYINT"}, []chaosPart{{chaosString, 10}, {chaosSigned, 8}}},
+		{"t_triple", []string{"a", "b", "c"}, []string{"TINYINT UNSIGNED", "BIGINT", "CHAR(3)"}, []chaosPart{{chaosUnsigned, 8}, {chaosSigned, 64}, {chaosString, 3}}},
+	}
+	for _, cs := range composites {
+		var defs []string
+		for i, c := range cs.cols {
+			defs = append(defs, c+" "+cs.types[i]+" NOT NULL")
+		}
+		tb := &chaosTable{name: cs.name, kind: chaosComposite, cols: cs.cols, parts: cs.parts, seen: map[string]bool{},
+			sqlType: "(" + strings.Join(cs.types, ", ") + ")", ddl: strings.Join(defs, ", ") + ", PRIMARY KEY (" + strings.Join(cs.cols, ", ") + ")"}
+		tb.dense, tb.extremes = chaosCompositeDomain(rng, cs.parts)
+		tables = append(tables, tb)
+	}
 	return tables
+}
+
+// chaosPart is the kind of one key column.
+type chaosPart struct {
+	kind chaosKind
+	bits int // integer width, or a string's length in characters
+}
+
+// chaosCompositeDomain returns ids of a composite key: few values per column, so that rows
+// collide and keys move onto each other, and extremes made of each column's extremes.
+func chaosCompositeDomain(rng *rand.Rand, parts []chaosPart) (dense, extremes []string) {
+	values := make([][]string, len(parts))
+	edges := make([][]string, len(parts))
+	for i, p := range parts {
+		switch p.kind {
+		case chaosSigned, chaosUnsigned:
+			d, e := chaosIntDomain(p.kind == chaosSigned, p.bits)
+			values[i], edges[i] = d[:min(len(d), 12)], e
+			if p.kind == chaosSigned {
+				values[i] = []string{"-2", "-1", "0", "1", "2", "3", "7", "100"}
+			}
+		case chaosString:
+			values[i] = []string{"", "a,b", "50%", "%2C", "k", "K", "é,ü", "a b", "x,", ",", "%"}
+			edges[i] = []string{strings.Repeat("é", p.bits), strings.Repeat("🔑", p.bits), "%25"}
+		}
+	}
+	seen := map[string]bool{}
+	draw := func(from [][]string) string {
+		id := make([]string, len(parts))
+		for i := range parts {
+			id[i] = from[i][rng.IntN(len(from[i]))]
+			if parts[i].kind == chaosString {
+				id[i] = string([]rune(id[i])[:min(len([]rune(id[i])), parts[i].bits)])
+			}
+		}
+		return keys.JoinID(id)
+	}
+	for tries := 0; len(dense) < 400 && tries < 100000; tries++ {
+		if id := draw(values); !seen[id] {
+			seen[id] = true
+			dense = append(dense, id)
+		}
+	}
+	for range 12 {
+		if id := draw(edges); !seen[id] {
+			seen[id] = true
+			extremes = append(extremes, id)
+		}
+	}
+	return dense, extremes
 }
 
 // chaosIntDomain returns the ids of an integer key: all of an 8-bit type; otherwise a dense
@@ -391,24 +471,61 @@ func (tb *chaosTable) record(ids ...string) {
 	tb.mu.Unlock()
 }
 
-// arg is id as a typed query argument: a string would make MariaDB compare an integer key as
-// a double, which cannot tell 2^64-1 from 2^64-2.
-func (tb *chaosTable) arg(id string) any {
-	switch tb.kind {
-	case chaosSigned:
-		v, err := strconv.ParseInt(id, 10, 64)
-		if err != nil {
-			panic(err)
-		}
-		return v
-	case chaosUnsigned:
-		v, err := strconv.ParseUint(id, 10, 64)
-		if err != nil {
-			panic(err)
-		}
-		return v
+// args are id's values as typed query arguments: a string would make MariaDB compare an
+// integer key as a double, which cannot tell 2^64-1 from 2^64-2.
+func (tb *chaosTable) args(id string) []any {
+	values, ok := keys.SplitID(id, len(tb.parts))
+	if !ok {
+		panic("not an id of " + tb.name + ": " + id)
 	}
-	return id
+	args := make([]any, len(values))
+	for i, v := range values {
+		var err error
+		switch tb.parts[i].kind {
+		case chaosSigned:
+			args[i], err = strconv.ParseInt(v, 10, 64)
+		case chaosUnsigned:
+			args[i], err = strconv.ParseUint(v, 10, 64)
+		default:
+			args[i] = v
+		}
+		if err != nil {
+			panic(err)
+		}
+	}
+	return args
+}
+
+// keyList is the key's columns, for column lists and ORDER BY.
+func (tb *chaosTable) keyList() string { return strings.Join(tb.cols, ", ") }
+
+// eq is the condition that the key is an id's values, and ph the placeholders of its values in
+// a VALUES list.
+func (tb *chaosTable) eq(op string) string {
+	if len(tb.cols) == 1 {
+		return tb.cols[0] + " " + op + " ?"
+	}
+	return "(" + tb.keyList() + ") " + op + " (" + tb.ph() + ")"
+}
+
+func (tb *chaosTable) ph() string {
+	return strings.TrimSuffix(strings.Repeat("?, ", len(tb.cols)), ", ")
+}
+
+// set assigns an id's values to the key's columns.
+func (tb *chaosTable) set() string { return strings.Join(tb.cols, " = ?, ") + " = ?" }
+
+// scanID reads a row's key columns, the first of dest, as an id.
+func (tb *chaosTable) scanID(rows *sql.Rows, dest ...any) (string, error) {
+	values := make([]string, len(tb.cols))
+	all := make([]any, 0, len(values)+len(dest))
+	for i := range values {
+		all = append(all, &values[i])
+	}
+	if err := rows.Scan(append(all, dest...)...); err != nil {
+		return "", err
+	}
+	return keys.JoinID(values), nil
 }
 
 // less orders ids as the key type does (strings by bytes, which is enough for sorting output).
@@ -422,6 +539,11 @@ func (tb *chaosTable) less(a, b string) int {
 		x, _ := strconv.ParseUint(a, 10, 64)
 		y, _ := strconv.ParseUint(b, 10, 64)
 		return chaosCmp(x, y)
+	case chaosComposite: // by the first column, enough to order a range's ends most of the time
+		x, _ := keys.SplitID(a, len(tb.parts))
+		y, _ := keys.SplitID(b, len(tb.parts))
+		first := &chaosTable{kind: tb.parts[0].kind}
+		return first.less(x[0], y[0])
 	}
 	return strings.Compare(a, b)
 }
@@ -456,8 +578,11 @@ func chaosSchema(tables []*chaosTable) string {
 	b.WriteString("DROP TABLE IF EXISTS chaos_marker;\nCREATE TABLE chaos_marker (id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL);\n")
 	for _, tb := range tables {
 		fmt.Fprintf(&b, "DROP TABLE IF EXISTS %[1]s, %[1]s__new, %[1]s__old;\n", tb.name)
-		fmt.Fprintf(&b, "CREATE TABLE %s (%s %s NOT NULL PRIMARY KEY, v VARCHAR(64) NULL, n INT NOT NULL DEFAULT 0) DEFAULT CHARSET=utf8mb4;\n",
-			tb.name, tb.key, tb.sqlType)
+		key := tb.ddl
+		if len(tb.cols) == 1 {
+			key = tb.cols[0] + " " + tb.sqlType + " NOT NULL PRIMARY KEY"
+		}
+		fmt.Fprintf(&b, "CREATE TABLE %s (%s, v VARCHAR(64) NULL, n INT NOT NULL DEFAULT 0) DEFAULT CHARSET=utf8mb4;\n", tb.name, key)
 	}
 	return b.String()
 }
@@ -466,7 +591,7 @@ func chaosEntities(tables []*chaosTable) string {
 	var b strings.Builder
 	b.WriteString("entities:\n")
 	for _, tb := range tables {
-		fmt.Fprintf(&b, "  - name: %s\n    key: %s\n    ttl: 1h\n    null_ttl: 1h\n    bloom: {enabled: true, expected_items: 20000, fp_rate: 0.01}\n", tb.name, tb.key)
+		fmt.Fprintf(&b, "  - name: %s\n    key: [%s]\n    ttl: 1h\n    null_ttl: 1h\n    bloom: {enabled: true, expected_items: 20000, fp_rate: 0.01}\n", tb.name, tb.keyList())
 	}
 	return b.String()
 }
@@ -485,10 +610,10 @@ func chaosInitialRows(t *testing.T, root *sql.DB, tables []*chaosTable, rng *ran
 		}
 		var args []any
 		for _, id := range ids {
-			args = append(args, tb.arg(id), chaosValue(rng))
+			args = append(append(args, tb.args(id)...), chaosValue(rng))
 		}
-		q := fmt.Sprintf("INSERT IGNORE INTO %s (%s, v, n) VALUES %s", tb.name, tb.key,
-			strings.TrimSuffix(strings.Repeat("(?, ?, 0), ", len(ids)), ", "))
+		q := fmt.Sprintf("INSERT IGNORE INTO %s (%s, v, n) VALUES %s", tb.name, tb.keyList(),
+			strings.TrimSuffix(strings.Repeat("("+tb.ph()+", ?, 0), ", len(ids)), ", "))
 		if _, err := root.Exec(q, args...); err != nil {
 			t.Fatalf("%s: initial rows: %v", tb.name, err)
 		}
@@ -624,24 +749,27 @@ type chaosStmt struct {
 // stmt draws a statement on a random table and records the ids it touches.
 func (w *chaosWorkload) stmt(rng *rand.Rand) chaosStmt {
 	tb := w.tables[rng.IntN(len(w.tables))]
-	q := func(format string) string { return fmt.Sprintf(format, tb.name, tb.key) }
+	q := func(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+	with := func(args ...[]any) []any { return slices.Concat(args...) }
+	one := func(v any) []any { return []any{v} }
+	insert := "INSERT INTO " + tb.name + " (" + tb.keyList() + ", v, n) VALUES (" + tb.ph() + ", ?, 0)"
 	switch r := rng.IntN(100); {
 	case r < 22:
 		id := tb.target(rng)
 		tb.record(id)
-		return chaosStmt{q("INSERT INTO %s (%s, v, n) VALUES (?, ?, 0)"), []any{tb.arg(id), chaosValue(rng)}}
+		return chaosStmt{insert, with(tb.args(id), one(chaosValue(rng)))}
 	case r < 46:
 		id := tb.pick(rng)
 		tb.record(id)
-		return chaosStmt{q("UPDATE %s SET v = ?, n = n + 1 WHERE %s = ?"), []any{chaosValue(rng), tb.arg(id)}}
-	case r < 60: // a key move
+		return chaosStmt{q("UPDATE %s SET v = ?, n = n + 1 WHERE %s", tb.name, tb.eq("=")), with(one(chaosValue(rng)), tb.args(id))}
+	case r < 60: // a key move: every column of the key takes the target's value, changed or not
 		from, to := tb.pick(rng), tb.target(rng)
 		tb.record(from, to)
-		return chaosStmt{q("UPDATE %s SET %[2]s = ? WHERE %[2]s = ?"), []any{tb.arg(to), tb.arg(from)}}
+		return chaosStmt{q("UPDATE %s SET %s WHERE %s", tb.name, tb.set(), tb.eq("=")), with(tb.args(to), tb.args(from))}
 	case r < 74:
 		id := tb.pick(rng)
 		tb.record(id)
-		return chaosStmt{q("DELETE FROM %s WHERE %s = ?"), []any{tb.arg(id)}}
+		return chaosStmt{q("DELETE FROM %s WHERE %s", tb.name, tb.eq("=")), tb.args(id)}
 	case r < 80: // several rows
 		i := rng.IntN(len(tb.dense))
 		j := min(i+rng.IntN(10), len(tb.dense)-1)
@@ -650,28 +778,36 @@ func (w *chaosWorkload) stmt(rng *rand.Rand) chaosStmt {
 			lo, hi = hi, lo
 		}
 		tb.record(tb.dense[i : j+1]...)
-		return chaosStmt{q("UPDATE %s SET v = ?, n = n + 1 WHERE %s BETWEEN ? AND ?"), []any{chaosValue(rng), tb.arg(lo), tb.arg(hi)}}
+		if tb.kind == chaosComposite { // the rows between, by the key's order: record them all
+			tb.record(tb.dense...)
+		}
+		return chaosStmt{q("UPDATE %s SET v = ?, n = n + 1 WHERE %s AND %s", tb.name, tb.eq(">="), tb.eq("<=")),
+			with(one(chaosValue(rng)), tb.args(lo), tb.args(hi))}
 	case r < 84:
 		id := tb.pick(rng)
 		tb.record(id)
-		return chaosStmt{q("DELETE FROM %s WHERE %[2]s >= ? ORDER BY %[2]s LIMIT ?"), []any{tb.arg(id), 1 + rng.IntN(5)}}
+		if tb.kind == chaosComposite {
+			tb.record(tb.dense...)
+		}
+		return chaosStmt{q("DELETE FROM %s WHERE %s ORDER BY %s LIMIT ?", tb.name, tb.eq(">="), tb.keyList()), with(tb.args(id), one(1+rng.IntN(5)))}
 	case r < 90:
 		id := tb.target(rng)
 		tb.record(id)
-		return chaosStmt{q("INSERT INTO %s (%s, v, n) VALUES (?, ?, 0) ON DUPLICATE KEY UPDATE v = VALUES(v), n = n + 1"), []any{tb.arg(id), chaosValue(rng)}}
+		return chaosStmt{insert + " ON DUPLICATE KEY UPDATE v = VALUES(v), n = n + 1", with(tb.args(id), one(chaosValue(rng)))}
 	case r < 95:
 		id := tb.target(rng)
 		tb.record(id)
-		return chaosStmt{q("REPLACE INTO %s (%s, v, n) VALUES (?, ?, 0)"), []any{tb.arg(id), chaosValue(rng)}}
+		return chaosStmt{"REPLACE" + strings.TrimPrefix(insert, "INSERT"), with(tb.args(id), one(chaosValue(rng)))}
 	default:
 		n := 2 + rng.IntN(5)
 		var args []any
 		for range n {
 			id := tb.target(rng)
 			tb.record(id)
-			args = append(args, tb.arg(id), chaosValue(rng))
+			args = with(args, tb.args(id), one(chaosValue(rng)))
 		}
-		return chaosStmt{q("INSERT IGNORE INTO %s (%s, v, n) VALUES ") + strings.TrimSuffix(strings.Repeat("(?, ?, 0), ", n), ", "), args}
+		return chaosStmt{q("INSERT IGNORE INTO %s (%s, v, n) VALUES ", tb.name, tb.keyList()) +
+			strings.TrimSuffix(strings.Repeat("("+tb.ph()+", ?, 0), ", n), ", "), args}
 	}
 }
 
@@ -967,7 +1103,7 @@ func (w *chaosWorkload) inject(ev chaosEvent, rng *rand.Rand) string {
 // CREATE TABLE t__new LIKE t; fill it; RENAME TABLE t TO t__old, t__new TO t; DROP TABLE t__old.
 func (w *chaosWorkload) swap(tb *chaosTable, rng *rand.Rand) (string, error) {
 	db := w.c.root
-	n, k := tb.name+"__new", tb.key
+	n, k := tb.name+"__new", tb.keyList()
 	for _, q := range []string{
 		"DROP TABLE IF EXISTS " + n,
 		"CREATE TABLE " + n + " LIKE " + tb.name,
@@ -983,8 +1119,8 @@ func (w *chaosWorkload) swap(tb *chaosTable, rng *rand.Rand) (string, error) {
 	}
 	var ids []string
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		id, err := tb.scanID(rows)
+		if err != nil {
 			rows.Close()
 			return "", err
 		}
@@ -995,12 +1131,12 @@ func (w *chaosWorkload) swap(tb *chaosTable, rng *rand.Rand) (string, error) {
 	for _, id := range ids {
 		switch r := rng.IntN(100); {
 		case r < 15:
-			if _, err := db.Exec("DELETE FROM "+n+" WHERE "+k+" = ?", tb.arg(id)); err != nil {
+			if _, err := db.Exec("DELETE FROM "+n+" WHERE "+tb.eq("="), tb.args(id)...); err != nil {
 				return "", err
 			}
 			dropped++
 		case r < 30:
-			if _, err := db.Exec("UPDATE "+n+" SET v = ?, n = n + 1000 WHERE "+k+" = ?", chaosValue(rng), tb.arg(id)); err != nil {
+			if _, err := db.Exec("UPDATE "+n+" SET v = ?, n = n + 1000 WHERE "+tb.eq("="), append([]any{chaosValue(rng)}, tb.args(id)...)...); err != nil {
 				return "", err
 			}
 			changed++
@@ -1009,7 +1145,7 @@ func (w *chaosWorkload) swap(tb *chaosTable, rng *rand.Rand) (string, error) {
 	for range 20 {
 		id := tb.pick(rng)
 		tb.record(id)
-		res, err := db.Exec("INSERT IGNORE INTO "+n+" ("+k+", v, n) VALUES (?, ?, 0)", tb.arg(id), chaosValue(rng))
+		res, err := db.Exec("INSERT IGNORE INTO "+n+" ("+k+", v, n) VALUES ("+tb.ph()+", ?, 0)", append(tb.args(id), chaosValue(rng))...)
 		if err != nil {
 			return "", err
 		}
@@ -1218,14 +1354,14 @@ func chaosVerify(t *testing.T, c *consistencyRun, tables []*chaosTable) []*chaos
 	var results []*chaosResult
 	for _, tb := range tables {
 		truth := map[string]chaosRow{}
-		rows, err := c.root.Query(fmt.Sprintf("SELECT %s, v, n FROM %s", tb.key, tb.name))
+		rows, err := c.root.Query(fmt.Sprintf("SELECT %s, v, n FROM %s", tb.keyList(), tb.name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		for rows.Next() {
-			var id string
 			var row chaosRow
-			if err := rows.Scan(&id, &row.v, &row.n); err != nil {
+			id, err := tb.scanID(rows, &row.v, &row.n)
+			if err != nil {
 				t.Fatal(err)
 			}
 			truth[id] = row
@@ -1382,7 +1518,7 @@ func chaosRowString(tb *chaosTable, id string, row chaosRow) string {
 	if row.v.Valid {
 		v = strconv.Quote(row.v.String)
 	}
-	return fmt.Sprintf("(%s=%q, v=%s, n=%s)", tb.key, id, v, row.n)
+	return fmt.Sprintf("(%s=%q, v=%s, n=%s)", tb.keyList(), id, v, row.n)
 }
 
 // chaosDiff compares a sidecar's JSON row with MariaDB's, column by column: the key byte for
@@ -1395,20 +1531,23 @@ func chaosDiff(tb *chaosTable, id string, body []byte, row chaosRow) string {
 		return "not a JSON object: " + err.Error()
 	}
 	var diffs []string
-	if len(obj) != 3 {
-		diffs = append(diffs, fmt.Sprintf("%d columns, want 3", len(obj)))
+	if len(obj) != len(tb.cols)+2 {
+		diffs = append(diffs, fmt.Sprintf("%d columns, want %d", len(obj), len(tb.cols)+2))
 	}
-	switch key := obj[tb.key].(type) {
-	case json.Number:
-		if tb.kind == chaosString || key.String() != id {
-			diffs = append(diffs, fmt.Sprintf("%s %v", tb.key, key))
+	values, _ := keys.SplitID(id, len(tb.cols))
+	for i, col := range tb.cols {
+		switch key := obj[col].(type) {
+		case json.Number:
+			if tb.parts[i].kind == chaosString || key.String() != values[i] {
+				diffs = append(diffs, fmt.Sprintf("%s %v", col, key))
+			}
+		case string:
+			if tb.parts[i].kind != chaosString || key != values[i] {
+				diffs = append(diffs, fmt.Sprintf("%s %q", col, key))
+			}
+		default:
+			diffs = append(diffs, fmt.Sprintf("%s %v", col, key))
 		}
-	case string:
-		if tb.kind != chaosString || key != id {
-			diffs = append(diffs, fmt.Sprintf("%s %q", tb.key, key))
-		}
-	default:
-		diffs = append(diffs, fmt.Sprintf("%s %v", tb.key, key))
 	}
 	switch v := obj["v"].(type) {
 	case nil:

@@ -210,8 +210,9 @@ type Entity struct {
 	Name string `yaml:"name"`
 	// Table is the table in the DSN's database. Default: Name.
 	Table string `yaml:"table"`
-	// Key is the single-column primary key. Default: the table's primary key.
-	Key string `yaml:"key"`
+	// Key is the primary key's column, or its columns in primary-key order
+	// (key: ["actor_id", "film_id"]). Default: the table's primary key.
+	Key KeyColumns `yaml:"key"`
 	// Columns are the columns returned. Default: all columns, in table order.
 	Columns []string `yaml:"columns"`
 	// TTL of a cached row. Default 10m.
@@ -241,6 +242,43 @@ type Bloom struct {
 
 	// Params are the filter's size for the two above, computed by validation.
 	Params bloom.Params `yaml:"-"`
+}
+
+// columnList checks a list of column names: each a plain identifier, none twice.
+func columnList(list []string, name string, field func(string) string, bad func(field, format string, args ...any) error) error {
+	seen := make(map[string]bool)
+	for j, col := range list {
+		f := field(fmt.Sprintf("%s[%d]", name, j))
+		if !identifier.MatchString(col) {
+			return bad(f, "%q is not a plain MySQL identifier ([A-Za-z0-9_$], at most 64)", col)
+		}
+		if seen[strings.ToLower(col)] {
+			return bad(f, "%q is listed twice", col)
+		}
+		seen[strings.ToLower(col)] = true
+	}
+	return nil
+}
+
+// KeyColumns are the columns of a key, written as one column name or a list of them.
+type KeyColumns []string
+
+// UnmarshalYAML takes a column name or a list of column names.
+func (k *KeyColumns) UnmarshalYAML(n *yaml.Node) error {
+	var one string
+	if n.Kind == yaml.ScalarNode && n.Decode(&one) == nil {
+		*k = KeyColumns{one}
+		if one == "" {
+			*k = nil
+		}
+		return nil
+	}
+	var list []string
+	if n.Kind != yaml.SequenceNode || n.Decode(&list) != nil {
+		return fmt.Errorf("line %d: want a column name or a list of them, like key: [\"actor_id\", \"film_id\"]", n.Line)
+	}
+	*k = list
+	return nil
 }
 
 // Duration is a time.Duration written as a Go duration string ("500ms", "10m").
@@ -595,18 +633,11 @@ func (c *Config) validate() error {
 		if !identifier.MatchString(e.Table) {
 			return bad(field("table"), "%q is not a plain MySQL identifier ([A-Za-z0-9_$], at most 64)", e.Table)
 		}
-		if e.Key != "" && !identifier.MatchString(e.Key) {
-			return bad(field("key"), "%q is not a plain MySQL identifier ([A-Za-z0-9_$], at most 64)", e.Key)
+		if err := columnList(e.Key, "key", field, bad); err != nil {
+			return err
 		}
-		cols := make(map[string]bool)
-		for j, col := range e.Columns {
-			if !identifier.MatchString(col) {
-				return bad(field(fmt.Sprintf("columns[%d]", j)), "%q is not a plain MySQL identifier", col)
-			}
-			if cols[strings.ToLower(col)] {
-				return bad(field(fmt.Sprintf("columns[%d]", j)), "%q is listed twice", col)
-			}
-			cols[strings.ToLower(col)] = true
+		if err := columnList(e.Columns, "columns", field, bad); err != nil {
+			return err
 		}
 		if e.TTL <= 0 {
 			return bad(field("ttl"), "must be positive")

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,7 +34,7 @@ func TestParseDefaults(t *testing.T) {
 		{"cdc.flavor", c.CDC.Flavor, "mysql"},
 		{"cdc.double_delete_delay", c.CDC.DoubleDeleteDelay.D(), 500 * time.Millisecond},
 		{"table", e.Table, "items"},
-		{"key", e.Key, ""},
+		{"key", len(e.Key), 0},
 		{"ttl", e.TTL.D(), 10 * time.Minute},
 		{"ttl_jitter", *e.TTLJitter, 0.1},
 		{"null_ttl", e.NullTTL.D(), time.Minute},
@@ -52,6 +53,24 @@ func TestParseDefaults(t *testing.T) {
 	for _, c := range checks {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestParseKeyColumns(t *testing.T) {
+	for doc, want := range map[string]string{
+		"    key: id\n":                    "[id]",
+		"    key: [actor_id, film_id]\n":   "[actor_id film_id]",
+		"    key:\n      - a\n      - b\n": "[a b]",
+		"    key: \"\"\n":                  "[]",
+	} {
+		c, err := Parse([]byte(minimal + doc))
+		if err != nil {
+			t.Errorf("%q: %v", doc, err)
+			continue
+		}
+		if got := fmt.Sprint([]string(c.Entities[0].Key)); got != want {
+			t.Errorf("%q: key = %s, want %s", doc, got, want)
 		}
 	}
 }
@@ -82,6 +101,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad entity name", strings.Replace(minimal, "name: items", "name: Items!", 1), []string{"entities[0].name"}},
 		{"table not an identifier", minimal + "    table: \"items; DROP TABLE x\"\n", []string{`entity "items": table`}},
 		{"column listed twice", minimal + "    columns: [id, ID]\n", []string{"columns[1]", "twice"}},
+		{"key column listed twice", minimal + "    key: [a, A]\n", []string{`entity "items": key[1]`, "twice"}},
+		{"key column not an identifier", minimal + "    key: [a, \"b c\"]\n", []string{`entity "items": key[1]`, "identifier"}},
+		{"key as a map", minimal + "    key: {a: 1}\n", []string{"column name or a list"}},
 		{"no dsn", "entities:\n  - name: items\n", []string{"mysql.dsn: is required"}},
 		{"dsn without database", strings.Replace(minimal, "/app", "/", 1), []string{"mysql.dsn", "names no database"}},
 		{"no entities", "mysql:\n  dsn: \"a:b@tcp(h:1)/d\"\n", []string{"at least one entity"}},

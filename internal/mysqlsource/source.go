@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/sidecache/sidecache/internal/keys"
 )
 
 // ErrSchema marks a configuration that does not match the live schema.
@@ -66,15 +68,11 @@ type Column struct {
 
 // Entity is an entity checked against the schema.
 type Entity struct {
-	Name    string
-	Table   string
-	KeyName string
+	Name  string
+	Table string
+	// Key is the primary key, its columns in the key's order.
 	Key     Key
-	// KeyOrdinal is the key column's position in the table, from 0, as the schema is at start.
-	KeyOrdinal int
-	// KeyCharset is the character set of a string key column ("" for integer keys).
-	KeyCharset string
-	Columns    []Column // the columns returned, in order
+	Columns []Column // the columns returned, in order
 	// Cascades are foreign keys of this table whose parent's changes cascade into it (ON DELETE
 	// or ON UPDATE CASCADE / SET NULL / SET DEFAULT): the server applies them without binlog
 	// row events, so they are never invalidated.
@@ -83,7 +81,7 @@ type Entity struct {
 	one   *sql.Stmt
 	mu    sync.Mutex
 	many  map[int]*sql.Stmt // by padded id count
-	query string            // SELECT ... FROM ... WHERE key
+	query string            // SELECT key columns, columns FROM ... WHERE
 
 	scanFirst, scanNext string // keyset pagination over the key, ids only, up to a bound
 	last                string // the greatest key
@@ -111,8 +109,8 @@ type Source struct {
 type Spec struct {
 	Name  string
 	Table string
-	// Key is the primary key column; "" takes the table's.
-	Key string
+	// Key is the primary key's columns in order; nil takes the table's.
+	Key []string
 	// Columns are the columns returned; nil: all, in table order.
 	Columns []string
 }
@@ -207,45 +205,37 @@ func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, err
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case len(pk) == 0:
+	if len(pk) == 0 {
 		return nil, bad("key", "table %q has no primary key", ce.Table)
-	case len(pk) > 1:
-		return nil, bad("key", "table %q has a composite primary key (%s); only single-column keys are supported", ce.Table, strings.Join(pk, ", "))
 	}
-	keyName := ce.Key
-	if keyName == "" {
-		keyName = pk[0]
+	if err := matchKey(ce.Key, pk, byName, ce.Table); err != nil {
+		return nil, bad("key", "%v", err)
 	}
-	kc, ok := byName[strings.ToLower(keyName)]
-	if !ok {
-		return nil, bad("key", "column %q does not exist in table %q", keyName, ce.Table)
-	}
-	if !strings.EqualFold(kc.name, pk[0]) {
-		return nil, bad("key", "column %q is not the primary key of table %q (the primary key is %q)", keyName, ce.Table, pk[0])
-	}
-	key, err := keyFor(*kc)
-	if err != nil {
-		return nil, bad("key", "column %q: %v", kc.name, err)
-	}
-
-	e := &Entity{Name: ce.Name, Table: table, KeyName: kc.name, Key: key, many: make(map[int]*sql.Stmt)}
-	if key.Kind == KeyString {
-		e.KeyCharset = strings.ToLower(kc.charset.String)
-		switch e.KeyCharset {
-		case "utf8mb4", "utf8mb3", "utf8", "ascii", "latin1":
-		default:
-			return nil, bad("key", "column %q is in character set %s; string keys must be utf8mb4, utf8mb3, ascii or latin1 "+
-				"(the binlog carries their bytes, which must read as the same id)", kc.name, kc.charset.String)
+	e := &Entity{Name: ce.Name, Table: table, many: make(map[int]*sql.Stmt)}
+	for _, n := range pk {
+		kc := byName[strings.ToLower(n)]
+		part, err := keyFor(*kc)
+		if err != nil {
+			return nil, bad("key", "column %q: %v", kc.name, err)
 		}
+		for i := range cols {
+			if &cols[i] == kc {
+				part.Ordinal = i
+			}
+		}
+		if part.Kind == KeyString {
+			part.Charset = strings.ToLower(kc.charset.String)
+			switch part.Charset {
+			case "utf8mb4", "utf8mb3", "utf8", "ascii", "latin1":
+			default:
+				return nil, bad("key", "column %q is in character set %s; string keys must be utf8mb4, utf8mb3, ascii or latin1 "+
+					"(the binlog carries their bytes, which must read as the same id)", kc.name, kc.charset.String)
+			}
+		}
+		e.Key = append(e.Key, part)
 	}
 	if e.Cascades, err = s.cascades(ctx, table); err != nil {
 		return nil, err
-	}
-	for i := range cols {
-		if &cols[i] == kc {
-			e.KeyOrdinal = i
-		}
 	}
 	names := ce.Columns
 	if len(names) == 0 {
@@ -266,20 +256,24 @@ func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, err
 			jsonName: append(appendJSONString(nil, []byte(c.name)), ':')})
 	}
 
-	// The key always comes first so rows of a multi-get can be told apart; it is returned only
-	// if it is among the configured columns.
-	sel := []string{quote(kc.name)}
+	// The key's columns always come first so rows of a multi-get can be told apart; they are
+	// returned only if they are among the configured columns.
+	var sel, key []string
+	for _, p := range e.Key {
+		key = append(key, quote(p.Name))
+	}
+	sel = append(sel, key...)
 	for _, c := range e.Columns {
 		sel = append(sel, quote(c.Name))
 	}
-	e.query = "SELECT " + strings.Join(sel, ", ") + " FROM " + quote(s.schema) + "." + quote(table) +
-		" WHERE " + quote(kc.name)
 	from := " FROM " + quote(s.schema) + "." + quote(table)
-	k := quote(kc.name)
-	e.scanFirst = "SELECT " + k + from + " WHERE " + k + " <= ? ORDER BY " + k + " LIMIT ?"
-	e.scanNext = "SELECT " + k + from + " WHERE " + k + " > ? AND " + k + " <= ? ORDER BY " + k + " LIMIT ?"
-	e.last = "SELECT " + k + from + " ORDER BY " + k + " DESC LIMIT 1"
-	if e.one, err = s.reads.PrepareContext(ctx, e.query+" = ?"); err != nil {
+	e.query = "SELECT " + strings.Join(sel, ", ") + from + " WHERE "
+	ids := "SELECT " + strings.Join(key, ", ") + from
+	order := " ORDER BY " + strings.Join(key, ", ")
+	e.scanFirst = ids + " WHERE " + lexCompare(key, "<=") + order + " LIMIT ?"
+	e.scanNext = ids + " WHERE " + lexCompare(key, ">") + " AND " + lexCompare(key, "<=") + order + " LIMIT ?"
+	e.last = ids + " ORDER BY " + strings.Join(key, " DESC, ") + " DESC LIMIT 1"
+	if e.one, err = s.reads.PrepareContext(ctx, e.query+e.match(1)); err != nil {
 		return nil, fmt.Errorf("mysql: preparing the query for entity %q: %w", ce.Name, err)
 	}
 	return e, nil
@@ -354,19 +348,87 @@ func (s *Source) primaryKey(ctx context.Context, table string) ([]string, error)
 	return pk, rows.Err()
 }
 
-func keyFor(c schemaColumn) (Key, error) {
+func keyFor(c schemaColumn) (KeyPart, error) {
 	unsigned := strings.Contains(strings.ToLower(c.columnType), "unsigned")
 	width := map[string]int{"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "integer": 32, "bigint": 64}
 	if w, ok := width[c.dataType]; ok {
 		if unsigned {
-			return Key{Kind: KeyUint, Bits: w}, nil
+			return KeyPart{Name: c.name, Kind: KeyUint, Bits: w}, nil
 		}
-		return Key{Kind: KeyInt, Bits: w}, nil
+		return KeyPart{Name: c.name, Kind: KeyInt, Bits: w}, nil
 	}
 	if c.dataType == "char" || c.dataType == "varchar" {
-		return Key{Kind: KeyString, MaxChars: int(c.maxChars.Int64)}, nil
+		return KeyPart{Name: c.name, Kind: KeyString, MaxChars: int(c.maxChars.Int64)}, nil
 	}
-	return Key{}, fmt.Errorf("type %s is not supported as a key (integer, CHAR or VARCHAR)", c.columnType)
+	return KeyPart{}, fmt.Errorf("type %s is not supported as a key (integer, CHAR or VARCHAR)", c.columnType)
+}
+
+// matchKey checks the configured key columns (none: the table's) against the primary key pk.
+func matchKey(want, pk []string, byName map[string]*schemaColumn, table string) error {
+	if len(want) == 0 {
+		return nil
+	}
+	for _, n := range want {
+		if _, ok := byName[strings.ToLower(n)]; !ok {
+			return fmt.Errorf("column %q does not exist in table %q", n, table)
+		}
+	}
+	if len(want) == len(pk) {
+		same := true
+		for i := range pk {
+			same = same && strings.EqualFold(want[i], pk[i])
+		}
+		if same {
+			return nil
+		}
+	}
+	if len(pk) == 1 {
+		return fmt.Errorf("%q is not the primary key of table %q (the primary key is %q)", strings.Join(want, ", "), table, pk[0])
+	}
+	return fmt.Errorf("table %q has the composite primary key (%s); key must list its columns in that order: [%s]",
+		table, strings.Join(pk, ", "), strings.Join(pk, ", "))
+}
+
+// lexCompare is the condition that the key columns, compared in order, are op ("<=" or ">")
+// the placeholders' values: (a < ? OR (a = ? AND b <= ?)) for two columns. Written out rather
+// than as a row comparison, (a, b) <= (?, ?), which not every server turns into a range on the
+// primary key. Its arguments are lexArgs's.
+func lexCompare(cols []string, op string) string {
+	if len(cols) == 1 {
+		return cols[0] + " " + op + " ?"
+	}
+	strict := strings.TrimSuffix(op, "=")
+	return "(" + cols[0] + " " + strict + " ? OR (" + cols[0] + " = ? AND " + lexCompare(cols[1:], op) + "))"
+}
+
+// lexArgs are the arguments of lexCompare for an id's values: each but the last twice.
+func lexArgs(values []any) []any {
+	out := make([]any, 0, 2*len(values))
+	for i, v := range values {
+		out = append(out, v)
+		if i < len(values)-1 {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// match is the condition that picks n ids' rows: key = ? or key IN (?, ...) for one column,
+// (a = ? AND b = ?) OR ... for several; each id's values are its arguments, in order.
+func (e *Entity) match(n int) string {
+	if len(e.Key) == 1 {
+		k := quote(e.Key[0].Name)
+		if n == 1 {
+			return k + " = ?"
+		}
+		return k + " IN (?" + strings.Repeat(", ?", n-1) + ")"
+	}
+	var one []string
+	for _, p := range e.Key {
+		one = append(one, quote(p.Name)+" = ?")
+	}
+	row := "(" + strings.Join(one, " AND ") + ")"
+	return row + strings.Repeat(" OR "+row, n-1)
 }
 
 func quote(ident string) string { return "`" + strings.ReplaceAll(ident, "`", "``") + "`" }
@@ -378,7 +440,7 @@ func (s *Source) Entity(name string) *Entity { return s.entities[name] }
 // from now on. Call it before serving; the caller owns db.
 func (s *Source) ReadFrom(ctx context.Context, db *sql.DB) error {
 	for name, e := range s.entities {
-		one, err := db.PrepareContext(ctx, e.query+" = ?")
+		one, err := db.PrepareContext(ctx, e.query+e.match(1))
 		if err != nil {
 			return fmt.Errorf("mysql: preparing the query for entity %q on the replica: %w", name, err)
 		}
@@ -423,13 +485,13 @@ func (s *Source) Load(ctx context.Context, entity, id string) (row []byte, found
 	if e == nil {
 		return nil, false, fmt.Errorf("mysqlsource: unknown entity %q", entity)
 	}
-	arg, err := e.Key.arg(id)
+	args, err := e.Key.args(id)
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: %v", ErrInvalidID, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	rows, err := e.one.QueryContext(ctx, arg)
+	rows, err := e.one.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, false, err
 	}
@@ -451,14 +513,36 @@ func (s *Source) LastID(ctx context.Context, entity string) (id string, ok bool,
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	var v any
-	switch err := s.reads.QueryRowContext(ctx, e.last).Scan(&v); {
+	vals, dest := scanDest(len(e.Key))
+	switch err := s.reads.QueryRowContext(ctx, e.last).Scan(dest...); {
 	case errors.Is(err, sql.ErrNoRows):
 		return "", false, nil
 	case err != nil:
 		return "", false, err
 	}
-	return string(appendText(nil, v)), true, nil
+	return e.id(vals), true, nil
+}
+
+// scanDest returns n values and the pointers to scan them into.
+func scanDest(n int) (vals, dest []any) {
+	vals = make([]any, n)
+	dest = make([]any, n)
+	for i := range vals {
+		dest[i] = &vals[i]
+	}
+	return vals, dest
+}
+
+// id is the canonical id of a row's key values, as the driver returns them.
+func (e *Entity) id(vals []any) string {
+	if len(vals) == 1 {
+		return string(appendText(nil, vals[0]))
+	}
+	parts := make([]string, len(vals))
+	for i, v := range vals {
+		parts[i] = string(appendText(nil, v))
+	}
+	return keys.JoinID(parts)
 }
 
 // ScanIDs returns up to limit ids in key order after *after (nil: from the start) and up to
@@ -478,33 +562,31 @@ func (s *Source) ScanIDs(ctx context.Context, entity string, after, last *string
 		}
 		last = &id
 	}
-	upTo, err := e.Key.arg(*last)
+	upTo, err := e.Key.args(*last)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidID, err)
 	}
 	var rows *sql.Rows
 	if after == nil {
-		rows, err = s.reads.QueryContext(ctx, e.scanFirst, upTo, limit)
+		rows, err = s.reads.QueryContext(ctx, e.scanFirst, append(lexArgs(upTo), limit)...)
 	} else {
-		var arg any
-		if arg, err = e.Key.arg(*after); err != nil {
+		var from []any
+		if from, err = e.Key.args(*after); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidID, err)
 		}
-		rows, err = s.reads.QueryContext(ctx, e.scanNext, arg, upTo, limit)
+		rows, err = s.reads.QueryContext(ctx, e.scanNext, append(append(lexArgs(from), lexArgs(upTo)...), limit)...)
 	}
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	ids := make([]string, 0, limit)
-	var v any
-	var text []byte
+	vals, dest := scanDest(len(e.Key))
 	for rows.Next() {
-		if err := rows.Scan(&v); err != nil {
+		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
-		text = appendText(text[:0], v)
-		ids = append(ids, string(text))
+		ids = append(ids, e.id(vals))
 	}
 	return ids, rows.Err()
 }
@@ -534,14 +616,13 @@ func (s *Source) LoadMany(ctx context.Context, entity string, ids []string) (map
 	// Pad to a power of two by repeating the last id, so a handful of prepared statements serve
 	// every count.
 	n := 1 << bits.Len(uint(len(ids)-1))
-	args := make([]any, n)
-	for i := range args {
-		id := ids[min(i, len(ids)-1)]
-		a, err := e.Key.arg(id)
+	args := make([]any, 0, n*len(e.Key))
+	for i := range n {
+		a, err := e.Key.args(ids[min(i, len(ids)-1)])
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidID, err)
 		}
-		args[i] = a
+		args = append(args, a...)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -572,8 +653,7 @@ func (s *Source) manyStmt(ctx context.Context, e *Entity, n int) (*sql.Stmt, err
 	if st := e.many[n]; st != nil {
 		return st, nil
 	}
-	q := e.query + " IN (?" + strings.Repeat(", ?", n-1) + ")"
-	st, err := s.reads.PrepareContext(ctx, q)
+	st, err := s.reads.PrepareContext(ctx, e.query+e.match(n))
 	if err != nil {
 		return nil, err
 	}
@@ -587,22 +667,17 @@ func (s *Source) manyStmt(ctx context.Context, e *Entity, n int) (*sql.Stmt, err
 // once a NULL has been scanned into it, and NULL and "" must stay apart.
 func (e *Entity) scan(rows *sql.Rows, fn func(key string, obj []byte)) error {
 	defer rows.Close()
-	vals := make([]any, len(e.Columns)+1)
-	dest := make([]any, len(vals))
-	for i := range vals {
-		dest[i] = &vals[i]
-	}
-	var key []byte
+	nk := len(e.Key)
+	vals, dest := scanDest(nk + len(e.Columns))
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return err
 		}
-		obj, err := e.encode(vals[1:])
+		obj, err := e.encode(vals[nk:])
 		if err != nil {
 			return err
 		}
-		key = appendText(key[:0], vals[0])
-		fn(string(key), obj)
+		fn(e.id(vals[:nk]), obj)
 	}
 	return rows.Err()
 }
