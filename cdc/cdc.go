@@ -45,6 +45,10 @@ type Target struct {
 	Entity string
 	Key    []KeyColumn // the primary key's columns, in order
 	Bloom  bool        // add inserted ids to the entity's Bloom filter
+	// Lookup: the key is a unique key whose columns may be NULL. A row image with a NULL in
+	// it has no value to look up, so nothing to invalidate; every other image is invalidated
+	// whether the key changed or not, since the cached value is the whole row.
+	Lookup bool
 }
 
 // KeyColumn is one column of a target's key.

@@ -363,6 +363,14 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 				s.drop(tg.Entity, "unreadable_key")
 				break
 			}
+			if tg.Lookup {
+				for _, id := range ids[:step] {
+					if id != nullLookup {
+						w.key(keys.Value(t.o.Prefix, tg.Entity, id))
+					}
+				}
+				continue
+			}
 			w.key(keys.Value(t.o.Prefix, tg.Entity, ids[0]))
 			switch {
 			case action == "insert" && tg.Bloom:
@@ -388,6 +396,10 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 	}
 }
 
+// nullLookup is keyReader's id of a lookup's image with a NULL in its columns: no id has it,
+// since ids are valid UTF-8.
+const nullLookup = "\xff"
+
 // keyReader returns the function that reads a row image's id for tg, as the read path writes
 // ids: each key column's value in the id's form, joined as keys.JoinID joins them. It reports
 // false for a row whose key cannot be read.
@@ -403,6 +415,9 @@ func (t *Tail) keyReader(tm *replication.TableMapEvent, tg Target) func(row []an
 		for i, at := range idx {
 			if at < 0 || at >= len(row) {
 				return "", false
+			}
+			if row[at] == nil && tg.Lookup {
+				return nullLookup, true
 			}
 			var ok bool
 			if parts[i], ok = formatID(row[at], tg.Key[i], charsets[i]); !ok {

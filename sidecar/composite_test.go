@@ -102,3 +102,41 @@ func TestCompositeKeys(t *testing.T) {
 		t.Errorf("after invalidate: %s", r.body)
 	}
 }
+
+func TestLookups(t *testing.T) {
+	e := newDB(t, `CREATE TABLE users (id INT NOT NULL PRIMARY KEY, email VARCHAR(80) NULL, slug VARCHAR(20) NOT NULL, city VARCHAR(20),
+  UNIQUE KEY (email), UNIQUE KEY (slug));
+INSERT INTO users VALUES (1, 'ann@example.com', 'ann', 'Oslo'), (2, NULL, 'invalidate', 'Rome')`)
+	cfg, err := e.config("entities:\n  - name: users\n    lookups: [{name: by-city, columns: [city]}]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newSidecar(cfg); err == nil || !strings.Contains(err.Error(), "lookups[0]") || !strings.Contains(err.Error(), "UNIQUE index") {
+		t.Errorf("a lookup on a column without a unique index: %v, want a schema error naming lookups[0]", err)
+	}
+	e.start("entities:\n  - name: users\n    lookups: [{name: by-email, columns: [email]}, {name: by-slug, columns: [slug]}]\n")
+	r := e.get("/v1/users/by-email/ann@example.com").want(t, 200, "miss")
+	if want := `{"id":1,"email":"ann@example.com","slug":"ann","city":"Oslo"}`; string(r.body) != want {
+		t.Errorf("body %s, want %s", r.body, want)
+	}
+	e.get("/v1/users/by-email/ann@example.com").want(t, 200, "hit")
+	e.get("/v1/users/by-email/ANN@example.com").want(t, 404, "miss") // exact, like every id
+	e.get("/v1/users/by-email/nobody@example.com").want(t, 404, "miss")
+	e.get("/v1/users/by-email/nobody@example.com").want(t, 404, "negative")
+	// A lookup value that is also the invalidate route's last segment is still a lookup.
+	if r := e.get("/v1/users/by-slug/invalidate").want(t, 200, "miss"); !strings.Contains(string(r.body), `"id":2`) {
+		t.Errorf("by-slug/invalidate: %s", r.body)
+	}
+	if r := e.get("/v1/users/by-phone/1"); r.status != 404 || r.errorCode(t) != "unknown_lookup" {
+		t.Errorf("an unknown lookup: %d %s, want 404 unknown_lookup", r.status, r.body)
+	}
+	if r := e.get("/v1/users/by-slug/" + strings.Repeat("x", 21)); r.status != 400 || r.errorCode(t) != "invalid_id" {
+		t.Errorf("a value longer than the column: %d %s, want 400 invalid_id", r.status, r.body)
+	}
+	if r := e.get("/v1/users/1/invalidate"); r.status != 405 {
+		t.Errorf("GET invalidate: %d, want 405", r.status)
+	}
+	if !slices.Contains(e.keys(), e.prefix+"{users/by-email:ann@example.com}") {
+		t.Errorf("cache keys %v: want the lookup's own key", e.keys())
+	}
+}

@@ -9,12 +9,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/readthrough"
 )
 
 // Errors of the HTTP layer itself.
 var (
 	errNoRoute          = errors.New("no such route")
+	errUnknownLookup    = errors.New("no such lookup is configured for the entity")
 	errMethodNotAllowed = errors.New("method not allowed")
 	errDeleteFailed     = errors.New("cache delete failed")
 )
@@ -49,6 +51,9 @@ type api struct {
 	status  func(context.Context) Status
 	// separateAdmin: probes, /status and /metrics are on admin_listen, not with the data API.
 	separateAdmin bool
+	// lookups holds each configured lookup's entity name (keys.Lookup), and the names of the
+	// entities that have lookups.
+	lookups map[string]bool
 	// lastErrLog rate-limits error logs to one a second, so an outage does not flood the log.
 	lastErrLog atomic.Int64
 }
@@ -58,6 +63,7 @@ type api struct {
 func (a *api) routes(metrics http.Handler) (data, admin http.Handler) {
 	dataMux, adminMux := http.NewServeMux(), http.NewServeMux()
 	dataMux.HandleFunc("/v1/{entity}/{id}", a.getOne)
+	dataMux.HandleFunc("/v1/{entity}/{lookup}/{value}", a.getLookup)
 	dataMux.HandleFunc("/v1/{entity}/{id}/invalidate", a.invalidate)
 	dataMux.HandleFunc("/v1/{entity}", a.getMany)
 	for _, mux := range []*http.ServeMux{dataMux, adminMux} {
@@ -93,6 +99,10 @@ func (a *api) only(w http.ResponseWriter, r *http.Request, method string) bool {
 // after their own write: the key is deleted (and its lease voided) before the 204, and deleted
 // again after cdc.double_delete_delay.
 func (a *api) invalidate(w http.ResponseWriter, r *http.Request) {
+	if lookup := keys.Lookup(r.PathValue("entity"), r.PathValue("id")); r.Method == http.MethodGet && a.lookups[lookup] {
+		a.get(w, r, lookup, "invalidate") // a lookup of the value "invalidate"
+		return
+	}
 	if !a.only(w, r, http.MethodPost) {
 		return
 	}
@@ -113,12 +123,12 @@ type reading struct {
 
 // startRead answers 405 for anything but GET; otherwise it counts the read in flight until
 // its end.
-func (a *api) startRead(w http.ResponseWriter, r *http.Request) (reading, bool) {
+func (a *api) startRead(w http.ResponseWriter, r *http.Request, entity string) (reading, bool) {
 	if !a.onlyGET(w, r) {
 		return reading{}, false
 	}
 	a.metrics.inFlight.Inc()
-	return reading{a: a, entity: r.PathValue("entity"), start: time.Now()}, true
+	return reading{a: a, entity: entity, start: time.Now()}, true
 }
 
 // end records the read's outcome and latency.
@@ -128,14 +138,32 @@ func (rd reading) end(outcome string) {
 }
 
 func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
-	rd, ok := a.startRead(w, r)
+	a.get(w, r, r.PathValue("entity"), r.PathValue("id"))
+}
+
+// getLookup answers GET /v1/{entity}/{lookup}/{value}: the lookup reads like an entity of its
+// own, keys.Lookup(entity, lookup), whose ids are the unique key's values.
+func (a *api) getLookup(w http.ResponseWriter, r *http.Request) {
+	entity := keys.Lookup(r.PathValue("entity"), r.PathValue("lookup"))
+	if !a.lookups[entity] {
+		err := errNoRoute // an entity without lookups has no such path
+		if a.lookups[r.PathValue("entity")] {
+			err = errUnknownLookup
+		}
+		a.writeError(w, r.PathValue("entity"), err)
+		return
+	}
+	a.get(w, r, entity, r.PathValue("value"))
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request, entity, id string) {
+	rd, ok := a.startRead(w, r, entity)
 	if !ok {
 		return
 	}
-	entity := rd.entity
 	// No request deadline here: a hit is one Redis GET bounded by redis.timeout, and the read
 	// path puts limits.request_timeout on a miss itself, so hits do not pay for a timer.
-	res, err := a.reader.Get(r.Context(), entity, r.PathValue("id"))
+	res, err := a.reader.Get(r.Context(), entity, id)
 	if res.Status != "" {
 		w.Header()["X-Cache"] = xCache[res.Status]
 	}
@@ -151,11 +179,11 @@ func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) getMany(w http.ResponseWriter, r *http.Request) {
-	rd, ok := a.startRead(w, r)
+	entity := r.PathValue("entity")
+	rd, ok := a.startRead(w, r, entity)
 	if !ok {
 		return
 	}
-	entity := rd.entity
 	many, err := a.reader.GetMany(r.Context(), entity, r.URL.Query()["id"])
 	if err != nil {
 		a.writeError(w, entity, err)
@@ -248,6 +276,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusBadRequest, "too_many_ids"
 	case errors.Is(err, errNoRoute):
 		return http.StatusNotFound, "no_route"
+	case errors.Is(err, errUnknownLookup):
+		return http.StatusNotFound, "unknown_lookup"
 	case errors.Is(err, errMethodNotAllowed):
 		return http.StatusMethodNotAllowed, "method_not_allowed"
 	case errors.Is(err, errDeleteFailed):

@@ -122,11 +122,20 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	}, []string{"version"})
 	reg.MustRegister(buildInfo)
 	buildInfo.WithLabelValues(opts.Version).Set(1)
+	lookups := map[string]bool{}
+	names := cfg.EntityNames()
+	for _, e := range cfg.Entities {
+		for _, l := range e.Lookups {
+			lookups[keys.Lookup(e.Name, l.Name)], lookups[e.Name] = true, true
+			names = append(names, keys.Lookup(e.Name, l.Name))
+		}
+	}
 	a := &api{
 		inval:   s,
 		reader:  s.reader,
 		log:     s.log,
-		metrics: newHTTPMetrics(reg, cfg.EntityNames()),
+		lookups: lookups,
+		metrics: newHTTPMetrics(reg, names),
 		ready:   s.Ready,
 		status:  s.Status,
 
@@ -172,6 +181,9 @@ func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, st
 	specs := make([]mysqlsource.Spec, len(cfg.Entities))
 	for i, e := range cfg.Entities {
 		specs[i] = mysqlsource.Spec{Name: e.Name, Table: e.Table, Key: e.Key, Columns: e.Columns}
+		for _, l := range e.Lookups {
+			specs[i].Lookups = append(specs[i].Lookups, mysqlsource.LookupSpec{Name: l.Name, Columns: l.Columns})
+		}
 	}
 	source, err := mysqlsource.New(ctx, db, schema, specs, cfg.MySQL.QueryTimeout.D())
 	if err != nil {
@@ -198,13 +210,23 @@ func (s *Sidecar) logEntities() {
 // newReader is the read path over the source and Redis.
 func (s *Sidecar) newReader(reg prometheus.Registerer) *readthrough.Reader {
 	cfg := s.cfg
-	entities := make([]readthrough.Entity, len(cfg.Entities))
-	for i, ce := range cfg.Entities {
+	var entities []readthrough.Entity
+	for _, ce := range cfg.Entities {
 		key, maxLen := s.source.Entity(ce.Name).Key, cfg.Limits.MaxIDLength
-		entities[i] = readthrough.Entity{
+		e := readthrough.Entity{
 			Name: ce.Name, ParseID: func(raw string) (string, error) { return key.Parse(raw, maxLen) },
 			TTL: ce.TTL.D(), NullTTL: ce.NullTTL.D(), Jitter: *ce.TTLJitter,
 			Hot: ce.Hot, StaleTTL: ce.StaleTTL.D(), Bloom: ce.Bloom.Enabled, BloomParams: ce.Bloom.Params,
+		}
+		entities = append(entities, e)
+		// A lookup is cached like an entity of its own, with the entity's TTLs and no Bloom
+		// filter: the filter holds primary keys only.
+		for _, l := range ce.Lookups {
+			key := s.source.Entity(keys.Lookup(ce.Name, l.Name)).Key
+			le := e
+			le.Name, le.Bloom = keys.Lookup(ce.Name, l.Name), false
+			le.ParseID = func(raw string) (string, error) { return key.Parse(raw, maxLen) }
+			entities = append(entities, le)
 		}
 	}
 	o := readthrough.Options{
@@ -269,6 +291,15 @@ func (s *Sidecar) newInvalidation(reg prometheus.Registerer) (*invalidation.Inva
 	return invalidation.New(o), k
 }
 
+// keyColumns describes a key for the binlog tail.
+func keyColumns(key mysqlsource.Key) []cdc.KeyColumn {
+	var cols []cdc.KeyColumn
+	for _, p := range key {
+		cols = append(cols, cdc.KeyColumn{Name: p.Name, Index: p.Ordinal, Unsigned: p.Kind == mysqlsource.KeyUint, Bits: p.Bits})
+	}
+	return cols
+}
+
 // newTail prepares the binlog tail of the entities' tables, with a connection of its own for
 // its checks, and runs the checks. The cleanup closes the connection.
 func (s *Sidecar) newTail(ctx context.Context, reg prometheus.Registerer, schema string) (*cdc.Tail, func() error, error) {
@@ -280,11 +311,11 @@ func (s *Sidecar) newTail(ctx context.Context, reg prometheus.Registerer, schema
 	tables := map[string][]cdc.Target{}
 	for _, ce := range cfg.Entities {
 		se := s.source.Entity(ce.Name)
-		tg := cdc.Target{Entity: ce.Name, Bloom: ce.Bloom.Enabled}
-		for _, p := range se.Key {
-			tg.Key = append(tg.Key, cdc.KeyColumn{Name: p.Name, Index: p.Ordinal, Unsigned: p.Kind == mysqlsource.KeyUint, Bits: p.Bits})
+		tables[se.Table] = append(tables[se.Table], cdc.Target{Entity: ce.Name, Bloom: ce.Bloom.Enabled, Key: keyColumns(se.Key)})
+		for _, l := range ce.Lookups {
+			name := keys.Lookup(ce.Name, l.Name)
+			tables[se.Table] = append(tables[se.Table], cdc.Target{Entity: name, Lookup: true, Key: keyColumns(s.source.Entity(name).Key)})
 		}
-		tables[se.Table] = append(tables[se.Table], tg)
 	}
 	conn := cfg.CDC.Conn
 	tail := cdc.New(cdc.Options{

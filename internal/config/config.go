@@ -229,6 +229,16 @@ type Entity struct {
 	StaleTTL Duration `yaml:"stale_ttl"`
 	// Bloom configures the penetration guard.
 	Bloom Bloom `yaml:"bloom"`
+	// Lookups read rows by a unique key: GET /v1/{entity}/{lookup}/{value}.
+	Lookups []Lookup `yaml:"lookups"`
+}
+
+// Lookup reads an entity's rows by the columns of one of its table's UNIQUE indexes.
+type Lookup struct {
+	// Name is the URL name: lower-case letters, digits, '_' and '-'. Required, unique per entity.
+	Name string `yaml:"name"`
+	// Columns are the unique index's columns, in the order a lookup value lists them.
+	Columns []string `yaml:"columns"`
 }
 
 // Bloom sizes an entity's Bloom filter.
@@ -638,6 +648,23 @@ func (c *Config) validate() error {
 		}
 		if err := columnList(e.Columns, "columns", field, bad); err != nil {
 			return err
+		}
+		lookups := make(map[string]int)
+		for j, l := range e.Lookups {
+			lf := func(f string) string { return field(fmt.Sprintf("lookups[%d].%s", j, f)) }
+			if !entityName.MatchString(l.Name) {
+				return bad(lf("name"), "%q: want lower-case letters, digits, '_' or '-', at most 64", l.Name)
+			}
+			if k, dup := lookups[l.Name]; dup {
+				return bad(lf("name"), "duplicate: lookups[%d] and lookups[%d] are both %q", k, j, l.Name)
+			}
+			lookups[l.Name] = j
+			if len(l.Columns) == 0 {
+				return bad(lf("columns"), "at least one column is required")
+			}
+			if err := columnList(l.Columns, "columns", lf, bad); err != nil {
+				return err
+			}
 		}
 		if e.TTL <= 0 {
 			return bad(field("ttl"), "must be positive")

@@ -21,6 +21,10 @@ func Value(prefix, entity, id string) string {
 	return prefix + "{" + entity + ":" + id + "}"
 }
 
+// Lookup is the name under which a lookup's rows are cached, as if it were an entity:
+// entity/lookup. No entity's name holds a '/', so its keys are apart from every entity's.
+func Lookup(entity, lookup string) string { return entity + "/" + lookup }
+
 // Lease is the key of the load lease on a value key.
 func Lease(value string) string { return value + ":lease" }
 

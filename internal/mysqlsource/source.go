@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,6 +114,14 @@ type Spec struct {
 	Key []string
 	// Columns are the columns returned; nil: all, in table order.
 	Columns []string
+	// Lookups read rows by the columns of a UNIQUE index.
+	Lookups []LookupSpec
+}
+
+// LookupSpec is a lookup as configured.
+type LookupSpec struct {
+	Name    string
+	Columns []string // a UNIQUE index's columns, in the order a lookup value lists them
 }
 
 // New checks every entity against the live schema of database schema and prepares its queries,
@@ -133,12 +142,14 @@ func New(ctx context.Context, db *sql.DB, schema string, entities []Spec, queryT
 	}
 	s.lowerCaseNames = lctn != 0
 	for _, ce := range entities {
-		e, err := s.check(ctx, ce, mariadb)
+		es, err := s.check(ctx, ce, mariadb)
 		if err != nil {
 			s.Close()
 			return nil, err
 		}
-		s.entities[e.Name] = e
+		for _, e := range es {
+			s.entities[e.Name] = e
+		}
 	}
 	return s, nil
 }
@@ -157,7 +168,9 @@ type schemaColumn struct {
 	charset                           sql.NullString
 }
 
-func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, error) {
+// check checks ce against the schema and prepares its queries. It returns the entity and one
+// entity per lookup, named keys.Lookup(entity, lookup), whose key is the lookup's columns.
+func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) ([]*Entity, error) {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%w: entity %q: %s: %s", ErrSchema, ce.Name, field, fmt.Sprintf(format, args...))
 	}
@@ -212,27 +225,8 @@ func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, err
 		return nil, bad("key", "%v", err)
 	}
 	e := &Entity{Name: ce.Name, Table: table, many: make(map[int]*sql.Stmt)}
-	for _, n := range pk {
-		kc := byName[strings.ToLower(n)]
-		part, err := keyFor(*kc)
-		if err != nil {
-			return nil, bad("key", "column %q: %v", kc.name, err)
-		}
-		for i := range cols {
-			if &cols[i] == kc {
-				part.Ordinal = i
-			}
-		}
-		if part.Kind == KeyString {
-			part.Charset = strings.ToLower(kc.charset.String)
-			switch part.Charset {
-			case "utf8mb4", "utf8mb3", "utf8", "ascii", "latin1":
-			default:
-				return nil, bad("key", "column %q is in character set %s; string keys must be utf8mb4, utf8mb3, ascii or latin1 "+
-					"(the binlog carries their bytes, which must read as the same id)", kc.name, kc.charset.String)
-			}
-		}
-		e.Key = append(e.Key, part)
+	if e.Key, err = keyParts(pk, cols, byName); err != nil {
+		return nil, bad("key", "%v", err)
 	}
 	if e.Cascades, err = s.cascades(ctx, table); err != nil {
 		return nil, err
@@ -256,6 +250,66 @@ func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, err
 			jsonName: append(appendJSONString(nil, []byte(c.name)), ':')})
 	}
 
+	if err := s.prepare(ctx, e); err != nil {
+		return nil, err
+	}
+	entities := []*Entity{e}
+	if len(ce.Lookups) > 0 {
+		unique, err := s.uniqueIndexes(ctx, table)
+		if err != nil {
+			return nil, err
+		}
+		for i, l := range ce.Lookups {
+			field := fmt.Sprintf("lookups[%d]", i)
+			if !unique.has(l.Columns) {
+				return nil, bad(field, "(%s) is not the column list of a UNIQUE index of table %q", strings.Join(l.Columns, ", "), ce.Table)
+			}
+			le := &Entity{Name: keys.Lookup(ce.Name, l.Name), Table: table, Columns: e.Columns, Cascades: e.Cascades, many: make(map[int]*sql.Stmt)}
+			if le.Key, err = keyParts(l.Columns, cols, byName); err != nil {
+				return nil, bad(field, "%v", err)
+			}
+			if err := s.prepare(ctx, le); err != nil {
+				return nil, err
+			}
+			entities = append(entities, le)
+		}
+	}
+	return entities, nil
+}
+
+// keyParts describes the key columns names.
+func keyParts(names []string, cols []schemaColumn, byName map[string]*schemaColumn) (Key, error) {
+	var key Key
+	for _, n := range names {
+		kc, ok := byName[strings.ToLower(n)]
+		if !ok {
+			return nil, fmt.Errorf("column %q does not exist", n)
+		}
+		part, err := keyFor(*kc)
+		if err != nil {
+			return nil, fmt.Errorf("column %q: %v", kc.name, err)
+		}
+		for i := range cols {
+			if &cols[i] == kc {
+				part.Ordinal = i
+			}
+		}
+		if part.Kind == KeyString {
+			part.Charset = strings.ToLower(kc.charset.String)
+			switch part.Charset {
+			case "utf8mb4", "utf8mb3", "utf8", "ascii", "latin1":
+			default:
+				return nil, fmt.Errorf("column %q is in character set %s; string keys must be utf8mb4, utf8mb3, ascii or latin1 "+
+					"(the binlog carries their bytes, which must read as the same id)", kc.name, kc.charset.String)
+			}
+		}
+		key = append(key, part)
+	}
+	return key, nil
+}
+
+// prepare builds e's queries from its key and columns, and prepares the one-row load.
+func (s *Source) prepare(ctx context.Context, e *Entity) error {
 	// The key's columns always come first so rows of a multi-get can be told apart; they are
 	// returned only if they are among the configured columns.
 	var sel, key []string
@@ -266,17 +320,63 @@ func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) (*Entity, err
 	for _, c := range e.Columns {
 		sel = append(sel, quote(c.Name))
 	}
-	from := " FROM " + quote(s.schema) + "." + quote(table)
+	from := " FROM " + quote(s.schema) + "." + quote(e.Table)
 	e.query = "SELECT " + strings.Join(sel, ", ") + from + " WHERE "
 	ids := "SELECT " + strings.Join(key, ", ") + from
 	order := " ORDER BY " + strings.Join(key, ", ")
 	e.scanFirst = ids + " WHERE " + lexCompare(key, "<=") + order + " LIMIT ?"
 	e.scanNext = ids + " WHERE " + lexCompare(key, ">") + " AND " + lexCompare(key, "<=") + order + " LIMIT ?"
 	e.last = ids + " ORDER BY " + strings.Join(key, " DESC, ") + " DESC LIMIT 1"
+	var err error
 	if e.one, err = s.reads.PrepareContext(ctx, e.query+e.match(1)); err != nil {
-		return nil, fmt.Errorf("mysql: preparing the query for entity %q: %w", ce.Name, err)
+		return fmt.Errorf("mysql: preparing the query for entity %q: %w", e.Name, err)
 	}
-	return e, nil
+	return nil
+}
+
+// uniqueKeys are the column lists of a table's unique indexes, in lower case.
+type uniqueKeys [][]string
+
+// has reports whether cols, in any order, are the columns of one of the indexes.
+func (u uniqueKeys) has(cols []string) bool {
+	want := make([]string, len(cols))
+	for i, c := range cols {
+		want[i] = strings.ToLower(c)
+	}
+	slices.Sort(want)
+	for _, idx := range u {
+		got := slices.Sorted(slices.Values(idx))
+		if slices.Equal(got, want) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Source) uniqueIndexes(ctx context.Context, table string) (uniqueKeys, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS
+		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 ORDER BY INDEX_NAME, SEQ_IN_INDEX`, s.schema, table)
+	if err != nil {
+		return nil, fmt.Errorf("mysql: reading the indexes of %s.%s: %w", s.schema, table, err)
+	}
+	defer rows.Close()
+	byIndex := map[string][]string{}
+	var order []string
+	for rows.Next() {
+		var idx, col string
+		if err := rows.Scan(&idx, &col); err != nil {
+			return nil, err
+		}
+		if _, ok := byIndex[idx]; !ok {
+			order = append(order, idx)
+		}
+		byIndex[idx] = append(byIndex[idx], strings.ToLower(col))
+	}
+	var u uniqueKeys
+	for _, idx := range order {
+		u = append(u, byIndex[idx])
+	}
+	return u, rows.Err()
 }
 
 func (s *Source) markJSONColumns(ctx context.Context, table string, byName map[string]*schemaColumn) error {
