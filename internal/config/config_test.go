@@ -48,6 +48,8 @@ func TestParseDefaults(t *testing.T) {
 		{"degraded.max_db_rate", c.Degraded.MaxDBRate, 100.0},
 		{"admin_listen", c.AdminListen, ""},
 		{"redis.master_name", c.Redis.MasterName, ""},
+		{"mysql.replica_dsn", c.MySQL.ReplicaDSN, ""},
+		{"mysql.replica_wait_timeout", c.MySQL.ReplicaWaitTimeout.D(), 5 * time.Second},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -84,6 +86,10 @@ func TestParseErrors(t *testing.T) {
 		{"column listed twice", minimal + "    columns: [id, ID]\n", []string{"columns[1]", "twice"}},
 		{"no dsn", "entities:\n  - name: items\n", []string{"mysql.dsn: is required"}},
 		{"dsn without database", strings.Replace(minimal, "/app", "/", 1), []string{"mysql.dsn", "names no database"}},
+		{"replica dsn unparsable", withReplica("replica_dsn: \"app@127.0.0.1/app\""), []string{"mysql.replica_dsn"}},
+		{"replica of another database", withReplica("replica_dsn: \"app:secret@tcp(10.0.0.2:3306)/other\""),
+			[]string{"mysql.replica_dsn", `"other"`, `"app"`, "same database"}},
+		{"negative replica wait", withReplica("replica_wait_timeout: -1s"), []string{"mysql.replica_wait_timeout", "negative"}},
 		{"no entities", "mysql:\n  dsn: \"a:b@tcp(h:1)/d\"\n", []string{"at least one entity"}},
 		{"prefix with braces", minimal + "redis:\n  key_prefix: \"{x}\"\n", []string{"redis.key_prefix"}},
 		{"bad redis addr", minimal + "redis:\n  addrs: [\"nohost\"]\n", []string{"redis.addrs[0]"}},
@@ -124,6 +130,24 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// withReplica adds a line to minimal's mysql section.
+func withReplica(line string) string {
+	return strings.Replace(minimal, "/app\"\n", "/app\"\n  "+line+"\n", 1)
+}
+
+func TestReplicaWaitCanBeTurnedOff(t *testing.T) {
+	c, err := Parse([]byte(withReplica("replica_dsn: \"app:secret@tcp(10.0.0.2:3306)/app\"\n  replica_wait_timeout: 0s")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.MySQL.ReplicaWaitTimeout.D(); got != 0 {
+		t.Errorf("replica_wait_timeout = %v, want an explicit 0 kept (the wait off)", got)
+	}
+	if got := c.MySQL.ReplicaDSN; !strings.Contains(got, "10.0.0.2") {
+		t.Errorf("replica_dsn = %q", got)
 	}
 }
 
