@@ -57,6 +57,7 @@ type Sidecar struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	source   *mysqlsource.Source
+	replica  *replica // nil unless mysql.replica_dsn
 	redis    redis.UniversalClient
 	faults   *faults.Faults // nil unless configured
 	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
@@ -89,12 +90,19 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // the start-up checks
 	defer cancel()
 
-	source, schema, cleanup, err := openMySQL(ctx, cfg)
+	source, primary, schema, cleanup, err := openMySQL(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	s.source = source
 	s.cleanups = append(s.cleanups, cleanup)
+	if cfg.MySQL.ReplicaDSN != "" {
+		if s.replica, cleanup, err = openReplica(ctx, cfg, source, primary, reg, s.log); err != nil {
+			return nil, err
+		}
+		// Before the source's cleanup, which closes its statements on the replica's pool.
+		s.cleanups = append(s.cleanups[:len(s.cleanups)-1], cleanup, s.cleanups[len(s.cleanups)-1])
+	}
 	s.logEntities()
 
 	s.redis, s.faults, s.breaker = openRedis(cfg, reg, s.log, s.redisReturned)
@@ -158,15 +166,16 @@ func (s *Sidecar) warnBloomWithoutCDC() {
 }
 
 // openMySQL opens the read path's connections and checks every entity against the schema. It
-// returns the source, the database the DSN names, and the cleanup that closes them.
-func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, string, func() error, error) {
+// returns the source, the primary's pool, the database the DSN names, and the cleanup that
+// closes them.
+func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, *sql.DB, string, func() error, error) {
 	db, schema, err := mysqlsource.Open(cfg.MySQL.DSN, cfg.MySQL.MaxOpenConns)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
-		return nil, "", nil, fmt.Errorf("mysql: cannot connect: %w", err)
+		return nil, nil, "", nil, fmt.Errorf("mysql: cannot connect: %w", err)
 	}
 	specs := make([]mysqlsource.Spec, len(cfg.Entities))
 	for i, e := range cfg.Entities {
@@ -175,9 +184,9 @@ func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, st
 	source, err := mysqlsource.New(ctx, db, schema, specs, cfg.MySQL.QueryTimeout.D())
 	if err != nil {
 		db.Close()
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
-	return source, schema, func() error { source.Close(); return db.Close() }, nil
+	return source, db, schema, func() error { source.Close(); return db.Close() }, nil
 }
 
 // logEntities logs each entity as the schema has it, and warns of foreign-key cascades.
@@ -256,6 +265,9 @@ func (s *Sidecar) newInvalidation(reg prometheus.Registerer) (*invalidation.Inva
 	if s.filters != nil {
 		o.Filters, o.OnReset = s.filters, s.rebuilds.request
 	}
+	if s.replica != nil && s.replica.timeout > 0 {
+		o.WaitReplica = s.replica.wait
+	}
 	var k *invalidation.Kafka
 	if len(cfg.Kafka.Brokers) > 0 {
 		k = invalidation.NewKafka(invalidation.KafkaOptions{
@@ -314,6 +326,11 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
 	defer cancel()
 	change := invalidation.Change{Keys: []string{keys.Value(s.cfg.Redis.KeyPrefix, entity, id)}}
+	if s.replica != nil && s.replica.timeout > 0 {
+		// The application wrote before it called: the primary's position now has the write, and
+		// the second delete waits for the replica to reach it. Without one it waits the delay alone.
+		change.GTID, _ = s.replica.position(ctx, s.replica.primary, true)
+	}
 	if s.filters != nil && s.cfg.Entity(entity).Bloom.Enabled && s.rowMayExist(ctx, entity, id) {
 		change.Adds = map[string][]string{entity: {id}}
 	}
@@ -368,6 +385,9 @@ var errRedisDown = errors.New("redis is unavailable")
 // then served from MySQL: a cache outage must not take every application pod out of service.
 func (s *Sidecar) Ready(ctx context.Context) error {
 	if err := s.source.Ping(ctx); err != nil {
+		if s.replica != nil && s.replica.db.PingContext(ctx) != nil {
+			return fmt.Errorf("%w: %w", errReplicaDown, err)
+		}
 		return fmt.Errorf("mysql: %w", err)
 	}
 	if !s.servesWithoutRedis() {
@@ -429,6 +449,9 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	g, gctx := errgroup.WithContext(wctx)
 	g.Go(func() error { s.inval.Run(gctx); return nil })
 	g.Go(func() error { s.checkEvictionPolicy(gctx); return nil })
+	if s.replica != nil {
+		g.Go(func() error { s.replica.run(gctx); return nil })
+	}
 	if s.tail != nil {
 		g.Go(func() error { s.tail.Run(gctx); return nil })
 		g.Go(func() error { s.rebuilds.run(gctx); return nil })
