@@ -17,6 +17,7 @@ import (
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/mysqlsource"
 	"github.com/sidecache/sidecache/internal/retry"
+	"github.com/sidecache/sidecache/readthrough"
 )
 
 // errReplicaDown marks a readiness failure of the replica loads read.
@@ -26,8 +27,9 @@ var errReplicaDown = errors.New("the mysql replica is unavailable")
 // apply a change before a second delete, and its lag.
 type replica struct {
 	db, primary *sql.DB
-	flavor      string        // "mariadb" or "mysql", as the replica reports itself
-	timeout     time.Duration // bound of a wait; 0: no wait
+	source      *mysqlsource.Source // the entities' loads and scans, on db
+	flavor      string              // "mariadb" or "mysql", as the replica reports itself
+	timeout     time.Duration       // bound of a wait; 0: no wait
 	log         *slog.Logger
 
 	lag      prometheus.Gauge
@@ -46,9 +48,9 @@ type head struct {
 	pos gomysql.GTIDSet
 }
 
-// openReplica opens the replica's pool and makes the source's loads and scans read it; the
-// cleanup closes the pool (after the source, which holds statements on it, is closed).
-func openReplica(ctx context.Context, cfg *config.Config, source *mysqlsource.Source, primary *sql.DB,
+// openReplica opens the replica's pool and a source whose loads and scans read it (its schema
+// checks read the primary, as the binlog tail does); the cleanup closes both.
+func openReplica(ctx context.Context, cfg *config.Config, primary *sql.DB, schema string,
 	reg prometheus.Registerer, log *slog.Logger) (*replica, func() error, error) {
 	db, _, err := mysqlsource.Open(cfg.MySQL.ReplicaDSN, cfg.MySQL.MaxOpenConns)
 	if err != nil {
@@ -59,11 +61,18 @@ func openReplica(ctx context.Context, cfg *config.Config, source *mysqlsource.So
 		db.Close()
 		return nil, nil, fmt.Errorf("mysql: cannot connect to the replica (mysql.replica_dsn): %w", err)
 	}
-	if err := source.ReadFrom(ctx, db); err != nil {
+	source, err := mysqlsource.New(ctx, primary, schema, sourceSpecs(cfg), cfg.MySQL.QueryTimeout.D())
+	if err == nil {
+		err = source.ReadFrom(ctx, db)
+		if err != nil {
+			source.Close()
+		}
+	}
+	if err != nil {
 		db.Close()
 		return nil, nil, err
 	}
-	r := &replica{db: db, primary: primary, flavor: gomysql.MySQLFlavor, timeout: cfg.MySQL.ReplicaWaitTimeout.D(),
+	r := &replica{db: db, primary: primary, source: source, flavor: gomysql.MySQLFlavor, timeout: cfg.MySQL.ReplicaWaitTimeout.D(),
 		log: log.With("component", "replica"), lagNow: math.NaN()}
 	if strings.Contains(strings.ToLower(version), "mariadb") {
 		r.flavor = gomysql.MariaDBFlavor
@@ -87,16 +96,25 @@ func openReplica(ctx context.Context, cfg *config.Config, source *mysqlsource.So
 		wait = r.timeout.String()
 	}
 	r.log.Info("loads read the replica; second deletes wait for it to apply each change", "flavor", r.flavor, "wait", wait)
-	return r, db.Close, nil
+	return r, func() error { source.Close(); return db.Close() }, nil
 }
 
-// waitQuery is the function that blocks until the server has applied a GTID set, or the
-// timeout (in seconds) passes: 0 when applied, else -1 (MariaDB) or 1 (MySQL).
-func (r *replica) waitQuery() string {
+// waitFor blocks until the replica has applied the GTID set gtid, or bound passes, and reports
+// which. The server's function bounds the wait: MASTER_GTID_WAIT (MariaDB) answers 0 once
+// applied and -1 past the timeout, WAIT_FOR_EXECUTED_GTID_SET (MySQL) 0 and 1; the context, a
+// server that does not answer at all.
+func (r *replica) waitFor(ctx context.Context, gtid string, bound time.Duration) (applied bool, err error) {
+	q := "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
 	if r.flavor == gomysql.MariaDBFlavor {
-		return "SELECT MASTER_GTID_WAIT(?, ?)"
+		q = "SELECT MASTER_GTID_WAIT(?, ?)"
 	}
-	return "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+	ctx, cancel := context.WithTimeout(ctx, bound+2*time.Second)
+	defer cancel()
+	var res sql.NullInt64
+	if err := r.db.QueryRowContext(ctx, q, gtid, bound.Seconds()).Scan(&res); err != nil {
+		return false, err
+	}
+	return res.Valid && res.Int64 == 0, nil
 }
 
 // wait blocks until the replica has applied every GTID set in gtids, or replica_wait_timeout
@@ -110,17 +128,13 @@ func (r *replica) wait(ctx context.Context, gtids []string) {
 		return
 	}
 	start := time.Now()
-	// The server bounds the wait; this, a server that does not answer at all.
-	qctx, cancel := context.WithTimeout(ctx, r.timeout+2*time.Second)
-	defer cancel()
-	var res sql.NullInt64
-	err = r.db.QueryRowContext(qctx, r.waitQuery(), target, r.timeout.Seconds()).Scan(&res)
+	applied, err := r.waitFor(ctx, target, r.timeout)
 	switch {
 	case ctx.Err() != nil:
 		return // stopping: the second deletes do not run either
 	case err != nil:
 		r.waited(ctx, start, "error", err)
-	case !res.Valid || res.Int64 != 0:
+	case !applied:
 		r.waited(ctx, start, "timeout", nil)
 	default:
 		r.waited(ctx, start, "applied", nil)
@@ -274,4 +288,50 @@ func (r *replica) status(ctx context.Context) *ReplicaStatus {
 	}
 	st.Behind = r.behind
 	return st
+}
+
+// scanCatchUp bounds how long a scan waits for the replica to catch up before it begins. It
+// does not depend on replica_wait_timeout: a filter rebuilt from a replica that misses rows
+// would answer "absent" for rows that exist, which no setting may allow.
+const scanCatchUp = 30 * time.Second
+
+// scanner is the replica's source for preloads and filter rebuilds.
+func (r *replica) scanner() readthrough.Scanner { return caughtUpScanner{r} }
+
+// caughtUpScanner scans the replica once it has applied everything the primary had when the
+// scan began. A rebuild begins its new filter before the scan, so that ids inserted later are
+// added to it; ids inserted before must be in the scan, and on a lagging replica they may not
+// be yet.
+type caughtUpScanner struct{ r *replica }
+
+// LastID is the first call of a scan (after the new filter has begun).
+func (c caughtUpScanner) LastID(ctx context.Context, entity string) (string, bool, error) {
+	if err := c.r.catchUp(ctx); err != nil {
+		return "", false, err
+	}
+	return c.r.source.LastID(ctx, entity)
+}
+
+func (c caughtUpScanner) ScanIDs(ctx context.Context, entity string, after, last *string, limit int) ([]string, error) {
+	return c.r.source.ScanIDs(ctx, entity, after, last, limit)
+}
+
+func (c caughtUpScanner) EstimateRows(ctx context.Context, entity string) (int64, error) {
+	return c.r.source.EstimateRows(ctx, entity)
+}
+
+// errNotCaughtUp reports a replica that did not reach the primary's position within scanCatchUp.
+var errNotCaughtUp = errors.New("the replica did not catch up with the primary in time")
+
+// catchUp waits until the replica has applied everything the primary has written now.
+func (r *replica) catchUp(ctx context.Context) error {
+	pos, err := r.position(ctx, r.primary, true)
+	if err != nil || pos == "" {
+		return err // "": no GTIDs, nothing to wait for
+	}
+	applied, err := r.waitFor(ctx, pos, scanCatchUp)
+	if err == nil && !applied {
+		err = fmt.Errorf("%w (%v)", errNotCaughtUp, scanCatchUp)
+	}
+	return err
 }

@@ -56,8 +56,9 @@ func (o *Options) init() {
 type Sidecar struct {
 	cfg      *config.Config
 	log      *slog.Logger
-	source   *mysqlsource.Source
-	replica  *replica // nil unless mysql.replica_dsn
+	source   *mysqlsource.Source // reads the primary: schema checks, the consistency check
+	loads    *mysqlsource.Source // what loads and scans read: source, or the replica's
+	replica  *replica            // nil unless mysql.replica_dsn
 	redis    redis.UniversalClient
 	faults   *faults.Faults // nil unless configured
 	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
@@ -94,14 +95,14 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.source = source
+	s.source, s.loads = source, source
 	s.cleanups = append(s.cleanups, cleanup)
 	if cfg.MySQL.ReplicaDSN != "" {
-		if s.replica, cleanup, err = openReplica(ctx, cfg, source, primary, reg, s.log); err != nil {
+		if s.replica, cleanup, err = openReplica(ctx, cfg, primary, schema, reg, s.log); err != nil {
 			return nil, err
 		}
-		// Before the source's cleanup, which closes its statements on the replica's pool.
-		s.cleanups = append(s.cleanups[:len(s.cleanups)-1], cleanup, s.cleanups[len(s.cleanups)-1])
+		s.loads = s.replica.source
+		s.cleanups = append(s.cleanups, cleanup)
 	}
 	s.logEntities()
 
@@ -177,16 +178,30 @@ func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, *s
 		db.Close()
 		return nil, nil, "", nil, fmt.Errorf("mysql: cannot connect: %w", err)
 	}
-	specs := make([]mysqlsource.Spec, len(cfg.Entities))
-	for i, e := range cfg.Entities {
-		specs[i] = mysqlsource.Spec{Name: e.Name, Table: e.Table, Key: e.Key, Columns: e.Columns}
-	}
-	source, err := mysqlsource.New(ctx, db, schema, specs, cfg.MySQL.QueryTimeout.D())
+	source, err := mysqlsource.New(ctx, db, schema, sourceSpecs(cfg), cfg.MySQL.QueryTimeout.D())
 	if err != nil {
 		db.Close()
 		return nil, nil, "", nil, err
 	}
 	return source, db, schema, func() error { source.Close(); return db.Close() }, nil
+}
+
+// sourceSpecs are the configured entities as the source checks them.
+func sourceSpecs(cfg *config.Config) []mysqlsource.Spec {
+	specs := make([]mysqlsource.Spec, len(cfg.Entities))
+	for i, e := range cfg.Entities {
+		specs[i] = mysqlsource.Spec{Name: e.Name, Table: e.Table, Key: e.Key, Columns: e.Columns}
+	}
+	return specs
+}
+
+// scanner is what preloads and filter rebuilds scan: the loads' source, which, on a replica,
+// first waits for the replica to have every row the primary had when the scan began.
+func (s *Sidecar) scanner() readthrough.Scanner {
+	if s.replica != nil {
+		return s.replica.scanner()
+	}
+	return s.loads
 }
 
 // logEntities logs each entity as the schema has it, and warns of foreign-key cascades.
@@ -217,7 +232,7 @@ func (s *Sidecar) newReader(reg prometheus.Registerer) *readthrough.Reader {
 	}
 	o := readthrough.Options{
 		Cache:               readthrough.NewRedisCache(s.redis),
-		Source:              s.source,
+		Source:              s.loads,
 		Entities:            entities,
 		KeyPrefix:           cfg.Redis.KeyPrefix,
 		MaxIDs:              cfg.Limits.MaxIDs,
@@ -350,6 +365,7 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 // Bloom filter: ids that are not there would fill it up, and enough of them would make it
 // answer "maybe" for everything. When MySQL cannot say, the id joins: a filter that says
 // "absent" for a row that exists is the one thing it must never do.
+// It reads the primary: a lagging replica may not have the row the application just wrote.
 func (s *Sidecar) rowMayExist(ctx context.Context, entity, id string) bool {
 	_, found, err := s.source.Load(ctx, entity, id)
 	return found || err != nil
@@ -364,7 +380,7 @@ func (s *Sidecar) ParseID(entity, raw string) (string, error) { return s.reader.
 // With cdc.enabled it first waits (up to a minute) until a binlog tail covers the entity: rows
 // warmed before could outlive changes no invalidation would ever delete.
 func (s *Sidecar) Preload(ctx context.Context, opts readthrough.PreloadOptions) (readthrough.PreloadStats, error) {
-	opts.Scanner, opts.Leases = s.source, s.leases
+	opts.Scanner, opts.Leases = s.scanner(), s.leases
 	if s.tail != nil {
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := s.tail.WaitCovered(wctx, opts.Entity)
@@ -380,15 +396,18 @@ func (s *Sidecar) Preload(ctx context.Context, opts readthrough.PreloadOptions) 
 // errRedisDown marks a readiness failure of Redis.
 var errRedisDown = errors.New("redis is unavailable")
 
-// Ready reports whether this sidecar can answer reads: MySQL must answer, and Redis too with
+// Ready reports whether this sidecar can answer reads: MySQL (and the replica loads read, if
+// any) must answer, and Redis too with
 // degraded.mode unavailable. With mode load a Redis outage leaves it ready, since reads are
 // then served from MySQL: a cache outage must not take every application pod out of service.
 func (s *Sidecar) Ready(ctx context.Context) error {
 	if err := s.source.Ping(ctx); err != nil {
-		if s.replica != nil && s.replica.db.PingContext(ctx) != nil {
+		return fmt.Errorf("mysql: %w", err)
+	}
+	if s.replica != nil {
+		if err := s.replica.db.PingContext(ctx); err != nil {
 			return fmt.Errorf("%w: %w", errReplicaDown, err)
 		}
-		return fmt.Errorf("mysql: %w", err)
 	}
 	if !s.servesWithoutRedis() {
 		if err := s.redis.Ping(ctx).Err(); err != nil {

@@ -41,12 +41,10 @@ type BloomStatus map[string]string
 // Status reads the state of every part.
 func (s *Sidecar) Status(ctx context.Context) Status {
 	var st Status
-	ping := s.source.Ping // the primary, and the replica if any
 	if s.replica != nil {
-		ping = s.replica.primary.PingContext // the replica has its own part
 		st.Replica = s.replica.status(ctx)
 	}
-	if err := ping(ctx); err != nil {
+	if err := s.source.Ping(ctx); err != nil {
 		st.MySQL.Error = "unavailable"
 	} else {
 		st.MySQL.OK = true
