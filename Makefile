@@ -1,11 +1,13 @@
 # sidecache — two commands do all the set-up on a fresh Debian machine with Go:
-#   make run    start a local MariaDB + Redis with sample data and serve it
+#   make run    start a local MariaDB + Redis with sample data and serve it (REPLICA=1: and a
+#               MariaDB replica that loads read)
 #   make test   install what is missing, then run every test, integration tests included
 
 GO      ?= go
 BIN     := bin/sidecache
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LISTEN  ?= 127.0.0.1:8080
+REPLICA ?=
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all build run test soak deps deps-bench bench-hit outage vet clean
@@ -32,7 +34,7 @@ deps-bench: deps
 
 run: deps build
 	$(GO) build -o bin/devstack ./internal/devstack/cmd/devstack
-	exec bin/devstack -bin $(BIN) -listen $(LISTEN)
+	exec bin/devstack -bin $(BIN) -listen $(LISTEN) $(if $(REPLICA),-replica)
 
 vet:
 	$(GO) vet ./...

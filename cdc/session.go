@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/sidecache/sidecache/internal/keys"
@@ -89,6 +90,7 @@ type session struct {
 	xaID     string     // from its XA END
 	prepared map[string]*xaChanges
 	lastGSet string // the newest GTID set an event carried
+	openGTID string // the GTID of the event group being read, "" when unknown
 
 	w       work
 	marked  bool            // a commit point was processed since the last flush
@@ -149,12 +151,17 @@ func (s *session) event(ev *replication.BinlogEvent) {
 		// MariaDB opens a transaction with its GTID event (no BEGIN); a standalone one (DDL,
 		// XA COMMIT) has no terminating COMMIT.
 		s.begin()
+		s.openGTID = e.GTID.String()
 		s.inTxn = !e.IsStandalone()
 		if s.inTxn && e.Flags&mariadbPreparedXA != 0 {
 			s.xa = &xaChanges{w: newWork(), entities: map[string]bool{}}
 		}
 	case *replication.GTIDEvent:
 		s.begin() // MySQL: a new group; BEGIN or XA START opens its transaction
+		s.openGTID = ""
+		if next, err := e.GTIDNext(); err == nil {
+			s.openGTID = next.String()
+		}
 	case *replication.RowsEvent:
 		s.rows(ev.Header.EventType, e)
 	case *replication.XIDEvent:
@@ -600,6 +607,24 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
+// waitGTID is the GTID set a replica must have applied to have every change of the batch: the
+// last commit point's, and, when the batch was flushed in the middle of a transaction (a
+// thousand keys), that transaction's own GTID too, since it is not committed in s.cp yet.
+// "" without GTIDs (a MySQL server without gtid_mode).
+func (s *session) waitGTID() string {
+	if s.cp.GTID == "" {
+		return ""
+	}
+	if !s.inTxn || s.openGTID == "" {
+		return s.cp.GTID
+	}
+	set, err := mysql.ParseGTIDSet(s.t.o.Flavor, s.cp.GTID)
+	if err != nil || set.Update(s.openGTID) != nil {
+		return s.cp.GTID
+	}
+	return set.String()
+}
+
 // flush hands the batch to invalidation, which resets the filters of dropped entities and adds
 // the ids inserted (or moved to) before it runs the first pass of every key and drop; the
 // batch's checkpoint is queued behind its second pass.
@@ -637,7 +662,7 @@ func (s *session) flush(ctx context.Context) error {
 	}
 	position := s.cp.String()
 	_, done, err := t.o.Invalidator.Submit(ctx, invalidation.Change{
-		Keys: keys, Entities: drops, Adds: w.adds, Resets: resets, Position: position,
+		Keys: keys, Entities: drops, Adds: w.adds, Resets: resets, Position: position, GTID: s.waitGTID(),
 	})
 	if err != nil {
 		if ctx.Err() != nil {

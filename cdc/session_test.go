@@ -212,3 +212,29 @@ func TestSessionHeartbeatTime(t *testing.T) {
 		t.Errorf("the batch's first change is at %v, want the row's time, not a heartbeat's zero", s.first)
 	}
 }
+
+// TestSessionWaitGTID checks the GTID set a batch asks a replica to have applied: the commit
+// point's after a commit, and with the open transaction's own GTID when a batch is flushed in
+// the middle of a transaction (else a replica that has not applied it would count as caught up).
+func TestSessionWaitGTID(t *testing.T) {
+	tail := testTail()
+	tail.o.Flavor = "mariadb"
+	s := newSession(tail, Checkpoint{GTID: "0-1-10,1-1-3"})
+	gtid := func(seq uint64) *replication.BinlogEvent {
+		return ev(replication.MARIADB_GTID_EVENT, &replication.MariadbGTIDEvent{GTID: mysql.MariadbGTID{ServerID: 1, SequenceNumber: seq}, Flags: 4})
+	}
+	feed(s, gtid(11), update(1, 1))
+	if got, want := s.waitGTID(), "0-1-11,1-1-3"; got != want {
+		t.Errorf("in the middle of a transaction: %q, want %q (its own GTID added)", got, want)
+	}
+	commit := xidEvent()
+	commit.Event.(*replication.XIDEvent).GSet, _ = mysql.ParseMariadbGTIDSet("0-1-11,1-1-3")
+	feed(s, commit)
+	if got, want := s.waitGTID(), "0-1-11,1-1-3"; got != want {
+		t.Errorf("after the commit: %q, want %q", got, want)
+	}
+
+	if got := newSession(testTail(), Checkpoint{File: "binlog.000001", Pos: 4}).waitGTID(); got != "" {
+		t.Errorf("without GTIDs: %q, want none", got)
+	}
+}

@@ -82,6 +82,13 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff between attempts of a failed delete.
 	// Defaults DefaultRetryMin and DefaultRetryMax.
 	RetryMin, RetryMax time.Duration
+	// WaitReplica, if set, runs before the second deletes that fell due together, once for all
+	// of them: gtids are their changes' GTID sets (Change.GTID, each once), and it returns once
+	// the replica loads read has applied all of them, or when it gives up, which it bounds and
+	// reports itself. The second deletes then run either way: Delay is the floor of their wait,
+	// WaitReplica's bound the rest. Changes without a GTID set are not waited for. Default
+	// none: the second delete runs after Delay alone.
+	WaitReplica func(ctx context.Context, gtids []string)
 	// MaxPending bounds the keys waiting for their second delete; Submit waits while more are
 	// pending, so a huge transaction cannot grow memory without bound. Default
 	// DefaultMaxPending.
@@ -99,6 +106,7 @@ type Invalidator struct {
 	prefix             string
 	filters            Filters
 	onReset            func(entity string)
+	waitReplica        func(ctx context.Context, gtids []string)
 	maxPending         int
 	retrier            Retrier
 	delay              time.Duration
@@ -119,6 +127,7 @@ type second struct {
 	keys     []string
 	entities []string
 	position string
+	gtid     string
 	first    <-chan struct{} // the first pass's hand-off, when it had failures
 	done     chan struct{}
 }
@@ -136,7 +145,7 @@ func (o *Options) init() {
 func New(opts Options) *Invalidator {
 	opts.init()
 	return &Invalidator{
-		del: opts.Deleter, dropper: opts.Dropper, prefix: opts.Prefix, filters: opts.Filters, onReset: opts.OnReset,
+		del: opts.Deleter, dropper: opts.Dropper, prefix: opts.Prefix, filters: opts.Filters, onReset: opts.OnReset, waitReplica: opts.WaitReplica,
 		maxPending: opts.MaxPending, retrier: opts.Retrier, delay: opts.Delay, retryMin: opts.RetryMin, retryMax: opts.RetryMax,
 		log: opts.Logger, wake: make(chan struct{}, 1), drained: make(chan struct{}, 1), m: newMetrics(opts.Registerer),
 	}
@@ -157,6 +166,10 @@ type Change struct {
 	Resets []string
 	// Position is the change's binlog position, which a retry message carries.
 	Position string
+	// GTID is the server's GTID set once the change is applied (its own transaction included):
+	// what a replica must have applied before the second delete can be sure that no load reads
+	// the row as it was (Options.WaitReplica). Empty when unknown (no GTIDs): not waited for.
+	GTID string
 }
 
 // Delete deletes keys now and schedules the second delete. It returns once the first delete
@@ -191,7 +204,7 @@ func (inv *Invalidator) Submit(ctx context.Context, c Change) (first, done <-cha
 	if inv.delay < 0 {
 		return first, first, nil
 	}
-	s := second{due: time.Now().Add(inv.delay), keys: c.Keys, entities: c.Entities, position: c.Position, first: first, done: make(chan struct{})}
+	s := second{due: time.Now().Add(inv.delay), keys: c.Keys, entities: c.Entities, position: c.Position, gtid: c.GTID, first: first, done: make(chan struct{})}
 	inv.mu.Lock()
 	inv.queue = append(inv.queue, s)
 	inv.pending += len(c.Keys)
@@ -366,6 +379,7 @@ func (inv *Invalidator) Run(ctx context.Context) {
 		inv.mu.Unlock()
 
 		if len(due) > 0 {
+			inv.awaitReplica(ctx, due)
 			n := 0
 			for _, s := range due {
 				ack, err := inv.pass(ctx, Change{Keys: s.keys, Entities: s.entities, Position: s.position}, inv.m.second)
@@ -392,6 +406,26 @@ func (inv *Invalidator) Run(ctx context.Context) {
 		case <-inv.wake:
 		case <-timer.C:
 		}
+	}
+}
+
+// awaitReplica waits, once for a batch of due second deletes, until the replica has applied
+// their changes: a load that reads it after that sees them, and a load that read it before
+// holds a lease these deletes void.
+func (inv *Invalidator) awaitReplica(ctx context.Context, due []second) {
+	if inv.waitReplica == nil {
+		return
+	}
+	var gtids []string
+	seen := map[string]bool{}
+	for _, s := range due {
+		if s.gtid != "" && !seen[s.gtid] {
+			seen[s.gtid] = true
+			gtids = append(gtids, s.gtid)
+		}
+	}
+	if len(gtids) > 0 {
+		inv.waitReplica(ctx, gtids)
 	}
 }
 

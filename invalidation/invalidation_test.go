@@ -165,3 +165,65 @@ func TestFiltersBeforeDeletes(t *testing.T) {
 		t.Errorf("OnReset heard of %q, want [orders]", rebuilt)
 	}
 }
+
+// TestSecondDeleteWaitsForTheReplica checks that second deletes that fall due together wait
+// for the replica once, with each GTID set of theirs, and run only after that wait returns;
+// that first deletes do not wait; and that a change without a GTID set is not waited for.
+func TestSecondDeleteWaitsForTheReplica(t *testing.T) {
+	d := &flaky{}
+	calls := make(chan []string, 10)
+	release := make(chan struct{})
+	inv := invalidation.New(invalidation.Options{Deleter: d, Delay: 30 * time.Millisecond,
+		WaitReplica: func(ctx context.Context, gtids []string) {
+			calls <- gtids
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}})
+	ctx := context.Background()
+	// Submitted before Run: all three are due at its first look, one batch.
+	var dones []<-chan struct{}
+	for i, gtid := range []string{"0-1-5", "0-1-5", "0-1-7"} {
+		first, done, err := inv.Submit(ctx, invalidation.Change{Keys: []string{"k" + string(rune('a'+i))}, GTID: gtid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-first:
+		default:
+			t.Fatal("a first delete waited")
+		}
+		dones = append(dones, done)
+	}
+	time.Sleep(40 * time.Millisecond) // every second delete due
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go inv.Run(rctx)
+	got := <-calls
+	if want := []string{"0-1-5", "0-1-7"}; !slices.Equal(got, want) {
+		t.Errorf("the wait got %v, want each GTID set once: %v", got, want)
+	}
+	if n := len(d.passes()); n != 3 {
+		t.Fatalf("%d passes while the replica wait runs, want only the 3 first deletes", n)
+	}
+	close(release)
+	for _, done := range dones {
+		<-done
+	}
+	if n := len(d.passes()); n != 6 {
+		t.Errorf("%d passes after the wait, want 6", n)
+	}
+
+	// No GTID set (POST .../invalidate without one): no wait at all.
+	done, err := inv.Delete(ctx, []string{"plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	select {
+	case g := <-calls:
+		t.Errorf("a change without a GTID set waited for %v", g)
+	default:
+	}
+}

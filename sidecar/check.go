@@ -19,5 +19,9 @@ func (s *Sidecar) Checker(opts check.Options) *check.Checker {
 	if s.tail != nil {
 		opts.Lag = s.tail.LeaderLag
 	}
+	if s.replica != nil {
+		// A second delete also waits for the replica loads read, up to replica_wait_timeout.
+		opts.DoubleDeleteDelay += s.replica.timeout
+	}
 	return check.New(opts)
 }

@@ -237,8 +237,11 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 		a.logFailure("", "not_ready", err)
 		// The part that failed, never the error's text: it carries addresses.
 		part := "mysql"
-		if errors.Is(err, errRedisDown) {
+		switch {
+		case errors.Is(err, errRedisDown):
 			part = "redis"
+		case errors.Is(err, errReplicaDown):
+			part = "mysql replica"
 		}
 		writeJSONError(w, http.StatusServiceUnavailable, "not_ready", part+" is unavailable")
 		return

@@ -30,6 +30,7 @@ type env struct {
 	sc     *sidecar.Sidecar
 	url    string
 	prefix string
+	logTo  io.Writer // if set, the sidecar's log (text) goes here
 }
 
 // newDB creates a fresh database with schema (statements separated by ';').
@@ -69,7 +70,7 @@ func (e *env) start(entitiesYAML string) *env {
 // serve starts a sidecar with cfg and serves it until the test ends.
 func (e *env) serve(cfg *config.Config) *env {
 	e.t.Helper()
-	sc, err := newSidecar(cfg)
+	sc, err := newSidecarLogging(cfg, e.logTo)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -93,10 +94,16 @@ func (e *env) serve(cfg *config.Config) *env {
 	return e
 }
 
-func newSidecar(cfg *config.Config) (*sidecar.Sidecar, error) {
+func newSidecar(cfg *config.Config) (*sidecar.Sidecar, error) { return newSidecarLogging(cfg, nil) }
+
+// newSidecarLogging is newSidecar logging to w (nil: nowhere, or stderr with -v).
+func newSidecarLogging(cfg *config.Config, w io.Writer) (*sidecar.Sidecar, error) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if w != nil {
+		log = slog.New(slog.NewTextHandler(w, nil))
 	}
 	return sidecar.New(context.Background(), sidecar.Options{Config: cfg, Logger: log, Registry: prometheus.NewRegistry()})
 }

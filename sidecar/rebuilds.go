@@ -131,7 +131,7 @@ func (r *rebuilds) rebuild(ctx context.Context, entity string) {
 				"ids_per_second", int(st.RowsPerSecond()))
 		}
 	}
-	st, err := r.s.reader.Preload(ctx, readthrough.PreloadOptions{Entity: entity, Scanner: r.s.source, FilterOnly: true, Progress: progress})
+	st, err := r.s.reader.Preload(ctx, readthrough.PreloadOptions{Entity: entity, Scanner: r.s.scanner(), FilterOnly: true, Progress: progress})
 	r.scanned.WithLabelValues(entity).Set(0)
 	switch {
 	case ctx.Err() != nil:

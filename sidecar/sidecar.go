@@ -57,7 +57,9 @@ func (o *Options) init() {
 type Sidecar struct {
 	cfg      *config.Config
 	log      *slog.Logger
-	source   *mysqlsource.Source
+	source   *mysqlsource.Source // reads the primary: schema checks, the consistency check
+	loads    *mysqlsource.Source // what loads and scans read: source, or the replica's
+	replica  *replica            // nil unless mysql.replica_dsn
 	redis    redis.UniversalClient
 	faults   *faults.Faults // nil unless configured
 	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
@@ -90,12 +92,19 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // the start-up checks
 	defer cancel()
 
-	source, schema, cleanup, err := openMySQL(ctx, cfg)
+	source, primary, schema, cleanup, err := openMySQL(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	s.source = source
+	s.source, s.loads = source, source
 	s.cleanups = append(s.cleanups, cleanup)
+	if cfg.MySQL.ReplicaDSN != "" {
+		if s.replica, cleanup, err = openReplica(ctx, cfg, primary, schema, reg, s.log); err != nil {
+			return nil, err
+		}
+		s.loads = s.replica.source
+		s.cleanups = append(s.cleanups, cleanup)
+	}
 	s.logEntities()
 
 	s.redis, s.faults, s.breaker = openRedis(cfg, reg, s.log, s.redisReturned)
@@ -168,16 +177,27 @@ func (s *Sidecar) warnBloomWithoutCDC() {
 }
 
 // openMySQL opens the read path's connections and checks every entity against the schema. It
-// returns the source, the database the DSN names, and the cleanup that closes them.
-func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, string, func() error, error) {
+// returns the source, the primary's pool, the database the DSN names, and the cleanup that
+// closes them.
+func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, *sql.DB, string, func() error, error) {
 	db, schema, err := mysqlsource.Open(cfg.MySQL.DSN, cfg.MySQL.MaxOpenConns)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
-		return nil, "", nil, fmt.Errorf("mysql: cannot connect: %w", err)
+		return nil, nil, "", nil, fmt.Errorf("mysql: cannot connect: %w", err)
 	}
+	source, err := mysqlsource.New(ctx, db, schema, sourceSpecs(cfg), cfg.MySQL.QueryTimeout.D())
+	if err != nil {
+		db.Close()
+		return nil, nil, "", nil, err
+	}
+	return source, db, schema, func() error { source.Close(); return db.Close() }, nil
+}
+
+// sourceSpecs are the configured entities as the source checks them.
+func sourceSpecs(cfg *config.Config) []mysqlsource.Spec {
 	specs := make([]mysqlsource.Spec, len(cfg.Entities))
 	for i, e := range cfg.Entities {
 		specs[i] = mysqlsource.Spec{Name: e.Name, Table: e.Table, Key: e.Key, Columns: e.Columns}
@@ -185,12 +205,16 @@ func openMySQL(ctx context.Context, cfg *config.Config) (*mysqlsource.Source, st
 			specs[i].Lookups = append(specs[i].Lookups, mysqlsource.LookupSpec{Name: l.Name, Columns: l.Columns})
 		}
 	}
-	source, err := mysqlsource.New(ctx, db, schema, specs, cfg.MySQL.QueryTimeout.D())
-	if err != nil {
-		db.Close()
-		return nil, "", nil, err
+	return specs
+}
+
+// scanner is what preloads and filter rebuilds scan: the loads' source, which, on a replica,
+// first waits for the replica to have every row the primary had when the scan began.
+func (s *Sidecar) scanner() readthrough.Scanner {
+	if s.replica != nil {
+		return s.replica.scanner()
 	}
-	return source, schema, func() error { source.Close(); return db.Close() }, nil
+	return s.loads
 }
 
 // logEntities logs each entity as the schema has it, and warns of foreign-key cascades.
@@ -231,7 +255,7 @@ func (s *Sidecar) newReader(reg prometheus.Registerer) *readthrough.Reader {
 	}
 	o := readthrough.Options{
 		Cache:               readthrough.NewRedisCache(s.redis),
-		Source:              s.source,
+		Source:              s.loads,
 		Entities:            entities,
 		KeyPrefix:           cfg.Redis.KeyPrefix,
 		MaxIDs:              cfg.Limits.MaxIDs,
@@ -278,6 +302,9 @@ func (s *Sidecar) newInvalidation(reg prometheus.Registerer) (*invalidation.Inva
 	}
 	if s.filters != nil {
 		o.Filters, o.OnReset = s.filters, s.rebuilds.request
+	}
+	if s.replica != nil && s.replica.timeout > 0 {
+		o.WaitReplica = s.replica.wait
 	}
 	var k *invalidation.Kafka
 	if len(cfg.Kafka.Brokers) > 0 {
@@ -347,6 +374,11 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.RequestTimeout.D())
 	defer cancel()
 	change := invalidation.Change{Keys: []string{keys.Value(s.cfg.Redis.KeyPrefix, entity, id)}}
+	if s.replica != nil && s.replica.timeout > 0 {
+		// The application wrote before it called: the primary's position now has the write, and
+		// the second delete waits for the replica to reach it. Without one it waits the delay alone.
+		change.GTID, _ = s.replica.position(ctx, s.replica.primary, true)
+	}
 	if s.filters != nil && s.cfg.Entity(entity).Bloom.Enabled && s.rowMayExist(ctx, entity, id) {
 		change.Adds = map[string][]string{entity: {id}}
 	}
@@ -366,6 +398,7 @@ func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
 // Bloom filter: ids that are not there would fill it up, and enough of them would make it
 // answer "maybe" for everything. When MySQL cannot say, the id joins: a filter that says
 // "absent" for a row that exists is the one thing it must never do.
+// It reads the primary: a lagging replica may not have the row the application just wrote.
 func (s *Sidecar) rowMayExist(ctx context.Context, entity, id string) bool {
 	_, found, err := s.source.Load(ctx, entity, id)
 	return found || err != nil
@@ -380,7 +413,7 @@ func (s *Sidecar) ParseID(entity, raw string) (string, error) { return s.reader.
 // With cdc.enabled it first waits (up to a minute) until a binlog tail covers the entity: rows
 // warmed before could outlive changes no invalidation would ever delete.
 func (s *Sidecar) Preload(ctx context.Context, opts readthrough.PreloadOptions) (readthrough.PreloadStats, error) {
-	opts.Scanner, opts.Leases = s.source, s.leases
+	opts.Scanner, opts.Leases = s.scanner(), s.leases
 	if s.tail != nil {
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := s.tail.WaitCovered(wctx, opts.Entity)
@@ -396,12 +429,18 @@ func (s *Sidecar) Preload(ctx context.Context, opts readthrough.PreloadOptions) 
 // errRedisDown marks a readiness failure of Redis.
 var errRedisDown = errors.New("redis is unavailable")
 
-// Ready reports whether this sidecar can answer reads: MySQL must answer, and Redis too with
+// Ready reports whether this sidecar can answer reads: MySQL (and the replica loads read, if
+// any) must answer, and Redis too with
 // degraded.mode unavailable. With mode load a Redis outage leaves it ready, since reads are
 // then served from MySQL: a cache outage must not take every application pod out of service.
 func (s *Sidecar) Ready(ctx context.Context) error {
 	if err := s.source.Ping(ctx); err != nil {
 		return fmt.Errorf("mysql: %w", err)
+	}
+	if s.replica != nil {
+		if err := s.replica.db.PingContext(ctx); err != nil {
+			return fmt.Errorf("%w: %w", errReplicaDown, err)
+		}
 	}
 	if !s.servesWithoutRedis() {
 		if err := s.redis.Ping(ctx).Err(); err != nil {
@@ -462,6 +501,9 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	g, gctx := errgroup.WithContext(wctx)
 	g.Go(func() error { s.inval.Run(gctx); return nil })
 	g.Go(func() error { s.checkEvictionPolicy(gctx); return nil })
+	if s.replica != nil {
+		g.Go(func() error { s.replica.run(gctx); return nil })
+	}
 	if s.tail != nil {
 		g.Go(func() error { s.tail.Run(gctx); return nil })
 		g.Go(func() error { s.rebuilds.run(gctx); return nil })

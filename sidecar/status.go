@@ -17,7 +17,9 @@ import (
 type Status struct {
 	Ready bool       `json:"ready"`
 	MySQL PartStatus `json:"mysql"`
-	Redis PartStatus `json:"redis"`
+	// Replica is the replica loads read; nil unless mysql.replica_dsn.
+	Replica *ReplicaStatus `json:"mysql_replica,omitempty"`
+	Redis   PartStatus     `json:"redis"`
 	// Circuit is the circuit breaker around Redis: closed, half-open or open.
 	Circuit string `json:"circuit"`
 	// Degraded says reads go to MySQL without the cache now; DegradedMode is degraded.mode.
@@ -39,6 +41,9 @@ type BloomStatus map[string]string
 // Status reads the state of every part.
 func (s *Sidecar) Status(ctx context.Context) Status {
 	var st Status
+	if s.replica != nil {
+		st.Replica = s.replica.status(ctx)
+	}
 	if err := s.source.Ping(ctx); err != nil {
 		st.MySQL.Error = "unavailable"
 	} else {
@@ -52,7 +57,7 @@ func (s *Sidecar) Status(ctx context.Context) Status {
 	st.Circuit = s.breaker.State().String()
 	st.DegradedMode = s.cfg.Degraded.Mode
 	st.Degraded = s.servesWithoutRedis() && (!st.Redis.OK || s.breaker.State() != gobreaker.StateClosed)
-	st.Ready = st.MySQL.OK && (st.Redis.OK || s.servesWithoutRedis()) // as Ready decides
+	st.Ready = st.MySQL.OK && (st.Replica == nil || st.Replica.OK) && (st.Redis.OK || s.servesWithoutRedis()) // as Ready decides
 	if s.tail != nil {
 		v := s.tail.View()
 		st.CDC = &v

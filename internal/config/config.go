@@ -83,8 +83,17 @@ type MySQL struct {
 	DSN string `yaml:"dsn"`
 	// QueryTimeout bounds each query. Default 2s.
 	QueryTimeout Duration `yaml:"query_timeout"`
-	// MaxOpenConns caps connections to MySQL. Default 16.
+	// MaxOpenConns caps connections to MySQL (and to the replica, each). Default 16.
 	MaxOpenConns int `yaml:"max_open_conns"`
+	// ReplicaDSN, if set, is a replica of DSN's server that loads read (misses, multi-gets,
+	// preload and Bloom rebuild scans); schema checks and the binlog tail keep DSN (or
+	// cdc.dsn). It must name the same database. Default none.
+	ReplicaDSN string `yaml:"replica_dsn"`
+	// ReplicaWaitTimeout bounds how long, after double_delete_delay, a second delete waits for
+	// the replica to apply the change (by its GTID); past it the delete runs anyway. 0 turns the
+	// wait off: the second delete runs after double_delete_delay alone. Default 5s; used only
+	// with ReplicaDSN.
+	ReplicaWaitTimeout *Duration `yaml:"replica_wait_timeout"`
 }
 
 // Redis is the cache.
@@ -394,6 +403,7 @@ const (
 	DefaultFallback        = "load"
 	DefaultDegradedMode    = "load"
 	DefaultMaxDBRate       = 100
+	DefaultReplicaWait     = 5 * time.Second
 )
 
 func (c *Config) applyDefaults() {
@@ -406,6 +416,10 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Limits.RequestTimeout, Duration(readthrough.DefaultLoadTimeout))
 	setDefault(&c.MySQL.QueryTimeout, Duration(mysqlsource.DefaultQueryTimeout))
 	setDefault(&c.MySQL.MaxOpenConns, mysqlsource.DefaultMaxOpenConns)
+	if c.MySQL.ReplicaWaitTimeout == nil {
+		d := Duration(DefaultReplicaWait)
+		c.MySQL.ReplicaWaitTimeout = &d
+	}
 	if len(c.Redis.Addrs) == 0 {
 		c.Redis.Addrs = []string{DefaultRedisAddr}
 	}
@@ -504,6 +518,18 @@ func (c *Config) validate() error {
 	}
 	if c.MySQL.MaxOpenConns < 1 {
 		return bad("mysql.max_open_conns", "must be at least 1")
+	}
+	if c.MySQL.ReplicaDSN != "" {
+		rd, err := mysql.ParseDSN(c.MySQL.ReplicaDSN)
+		if err != nil {
+			return bad("mysql.replica_dsn", "%v", err)
+		}
+		if rd.DBName != dsn.DBName {
+			return bad("mysql.replica_dsn", "names database %q, but mysql.dsn names %q: a replica serves the same database", rd.DBName, dsn.DBName)
+		}
+	}
+	if *c.MySQL.ReplicaWaitTimeout < 0 {
+		return bad("mysql.replica_wait_timeout", "must not be negative (0 turns the wait off)")
 	}
 	for i, a := range c.Redis.Addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {

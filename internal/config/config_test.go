@@ -49,6 +49,8 @@ func TestParseDefaults(t *testing.T) {
 		{"degraded.max_db_rate", c.Degraded.MaxDBRate, 100.0},
 		{"admin_listen", c.AdminListen, ""},
 		{"redis.master_name", c.Redis.MasterName, ""},
+		{"mysql.replica_dsn", c.MySQL.ReplicaDSN, ""},
+		{"mysql.replica_wait_timeout", c.MySQL.ReplicaWaitTimeout.D(), 5 * time.Second},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -106,6 +108,10 @@ func TestParseErrors(t *testing.T) {
 		{"key as a map", minimal + "    key: {a: 1}\n", []string{"column name or a list"}},
 		{"no dsn", "entities:\n  - name: items\n", []string{"mysql.dsn: is required"}},
 		{"dsn without database", strings.Replace(minimal, "/app", "/", 1), []string{"mysql.dsn", "names no database"}},
+		{"replica dsn unparsable", withReplica("replica_dsn: \"app@127.0.0.1/app\""), []string{"mysql.replica_dsn"}},
+		{"replica of another database", withReplica("replica_dsn: \"app:secret@tcp(10.0.0.2:3306)/other\""),
+			[]string{"mysql.replica_dsn", `"other"`, `"app"`, "same database"}},
+		{"negative replica wait", withReplica("replica_wait_timeout: -1s"), []string{"mysql.replica_wait_timeout", "negative"}},
 		{"no entities", "mysql:\n  dsn: \"a:b@tcp(h:1)/d\"\n", []string{"at least one entity"}},
 		{"prefix with braces", minimal + "redis:\n  key_prefix: \"{x}\"\n", []string{"redis.key_prefix"}},
 		{"bad redis addr", minimal + "redis:\n  addrs: [\"nohost\"]\n", []string{"redis.addrs[0]"}},
@@ -146,6 +152,24 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// withReplica adds a line to minimal's mysql section.
+func withReplica(line string) string {
+	return strings.Replace(minimal, "/app\"\n", "/app\"\n  "+line+"\n", 1)
+}
+
+func TestReplicaWaitCanBeTurnedOff(t *testing.T) {
+	c, err := Parse([]byte(withReplica("replica_dsn: \"app:secret@tcp(10.0.0.2:3306)/app\"\n  replica_wait_timeout: 0s")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.MySQL.ReplicaWaitTimeout.D(); got != 0 {
+		t.Errorf("replica_wait_timeout = %v, want an explicit 0 kept (the wait off)", got)
+	}
+	if got := c.MySQL.ReplicaDSN; !strings.Contains(got, "10.0.0.2") {
+		t.Errorf("replica_dsn = %q", got)
 	}
 }
 

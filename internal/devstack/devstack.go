@@ -46,6 +46,10 @@ type Options struct {
 	// schemas came from Windows or macOS often run: table names are stored in lower case and
 	// compared without regard to case.
 	LowerCaseTableNames bool
+	// Replica starts a second MariaDB that replicates from the first by GTID (server_id 2,
+	// read_only), for tests of reads from a lagging replica: Stack.MySQLReplicaAddr,
+	// ReplicaDSN, StopReplicaSQL, StartReplicaSQL and WaitReplica.
+	Replica bool
 	// Logf receives progress lines. Default: silent.
 	Logf func(format string, args ...any)
 }
@@ -54,7 +58,9 @@ type Options struct {
 type Stack struct {
 	Dir       string
 	MySQLAddr string // host:port
-	RedisAddr string // host:port; with Options.Sentinel, the master at start
+	// MySQLReplicaAddr is the MariaDB replica's host:port, with Options.Replica.
+	MySQLReplicaAddr string
+	RedisAddr        string // host:port; with Options.Sentinel, the master at start
 
 	// With Options.Sentinel: the replica at start, the Sentinels' addresses and the name
 	// they know the master by (redis.master_name in a sidecache config).
@@ -68,7 +74,8 @@ type Stack struct {
 	mu        sync.Mutex
 	mysql     *proc
 	redis     *proc
-	replica   *proc
+	replica   *proc // Redis's
+	dbReplica *proc // MariaDB's
 	sentinels []*proc
 	killed    string // the master KillRedisMaster killed last
 }
@@ -181,6 +188,16 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			s.Stop()
 			return nil, err
 		}
+		if opts.Replica {
+			port, err := freePort()
+			if err == nil {
+				err = s.startReplica(ctx, port)
+			}
+			if err != nil {
+				s.Stop()
+				return nil, err
+			}
+		}
 	}
 	if err := s.StartRedis(ctx); err != nil {
 		s.Stop()
@@ -205,8 +222,6 @@ func freePort() (int, error) {
 }
 
 func (s *Stack) startMySQL(ctx context.Context, port int, generalLog, lowerCaseNames bool) error {
-	data := filepath.Join(s.Dir, "mysql")
-	cnf := filepath.Join(s.Dir, "my.cnf")
 	gl := "0"
 	if generalLog {
 		gl = "1"
@@ -215,12 +230,44 @@ func (s *Stack) startMySQL(ctx context.Context, port int, generalLog, lowerCaseN
 	if lowerCaseNames {
 		lctn = "1"
 	}
-	// A defaults file of our own keeps /etc/mysql out; as root mariadbd needs user=root. Each
-	// stack has its own tmpdir: mariadbd deletes stray #sql* files in its tmpdir at start, so
-	// stacks sharing /tmp (parallel test packages) would delete each other's temporary tables.
-	tmp := filepath.Join(s.Dir, "tmp")
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
+	// The binlog the tail reads (and a replica replicates from).
+	p, err := s.startMariaDB(ctx, "mysql", s.MySQLAddr, port, fmt.Sprintf(`log_bin=%s
+binlog_format=ROW
+binlog_row_image=FULL
+binlog_row_metadata=FULL
+server_id=1
+general_log=%s
+lower_case_table_names=%s
+`, filepath.Join(s.Dir, "binlog"), gl, lctn))
+	if err != nil {
 		return err
+	}
+	s.mu.Lock()
+	s.mysql = p
+	s.mu.Unlock()
+	return nil
+}
+
+// startMariaDB initialises (once) and starts a mariadbd whose files are named after name in
+// the stack's directory (data in NAME, NAME.sock, NAME.log; the primary's are mysql, my.cnf,
+// mysqld.*), with extra lines in its [mysqld] section, and waits until it answers on addr.
+func (s *Stack) startMariaDB(ctx context.Context, name, addr string, port int, extra string) (*proc, error) {
+	data := filepath.Join(s.Dir, name)
+	cnf, sock, pid, logPath := filepath.Join(s.Dir, name+".cnf"), filepath.Join(s.Dir, name+".sock"),
+		filepath.Join(s.Dir, name+".pid"), filepath.Join(s.Dir, name+".log")
+	if name == "mysql" {
+		cnf, sock, pid, logPath = filepath.Join(s.Dir, "my.cnf"), filepath.Join(s.Dir, "mysql.sock"),
+			filepath.Join(s.Dir, "mysqld.pid"), filepath.Join(s.Dir, "mysqld.log")
+	}
+	// A defaults file of our own keeps /etc/mysql out; as root mariadbd needs user=root. Each
+	// server has its own tmpdir: mariadbd deletes stray #sql* files in its tmpdir at start, so
+	// servers sharing /tmp (parallel test packages) would delete each other's temporary tables.
+	tmp := filepath.Join(s.Dir, "tmp")
+	if name != "mysql" {
+		tmp = filepath.Join(s.Dir, name+"-tmp")
+	}
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, err
 	}
 	conf := fmt.Sprintf(`[mysqld]
 user=%s
@@ -231,13 +278,7 @@ pid-file=%s
 port=%d
 bind-address=127.0.0.1
 skip-name-resolve
-log_bin=%s
-binlog_format=ROW
-binlog_row_image=FULL
-binlog_row_metadata=FULL
-server_id=1
 log_output=TABLE
-general_log=%s
 innodb_buffer_pool_size=128M
 innodb_log_file_size=48M
 innodb_flush_log_at_trx_commit=2
@@ -245,40 +286,35 @@ sync_binlog=0
 max_connections=500
 character-set-server=utf8mb4
 collation-server=utf8mb4_general_ci
-lower_case_table_names=%s
-`, currentUser(), tmp, data, filepath.Join(s.Dir, "mysql.sock"), filepath.Join(s.Dir, "mysqld.pid"),
-		port, filepath.Join(s.Dir, "binlog"), gl, lctn)
+%s`, currentUser(), tmp, data, sock, pid, port, extra)
 	if err := os.WriteFile(cnf, []byte(conf), 0o600); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := os.Stat(filepath.Join(data, "mysql")); err != nil {
 		install, _ := lookPath("mariadb-install-db")
 		out, err := exec.CommandContext(ctx, install, "--defaults-file="+cnf,
 			"--auth-root-authentication-method=normal", "--skip-test-db").CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("devstack: mariadb-install-db: %w\n%s", err, tail(out))
+			return nil, fmt.Errorf("devstack: mariadb-install-db (%s): %w\n%s", name, err, tail(out))
 		}
 	}
 	bin, _ := lookPath("mariadbd")
-	db, err := sql.Open("mysql", s.DSN("root", "", ""))
+	db, err := sql.Open("mysql", dsnAt(addr, "root", "", ""))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer db.Close()
-	p, err := launch(ctx, exec.Command(bin, "--defaults-file="+cnf), "mariadbd", filepath.Join(s.Dir, "mysqld.log"),
+	p, err := launch(ctx, exec.Command(bin, "--defaults-file="+cnf), "mariadbd ("+name+")", logPath,
 		60*time.Second, func() error {
 			pctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
 			return db.PingContext(pctx)
 		})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	s.mu.Lock()
-	s.mysql = p
-	s.mu.Unlock()
-	s.logf("mariadb ready on %s (data in %s)", s.MySQLAddr, data)
-	return nil
+	s.logf("mariadb (%s) ready on %s (data in %s)", name, addr, data)
+	return p, nil
 }
 
 // StartRedis starts (or restarts, after StopRedis or KillRedis) the Redis server on its port,
@@ -389,13 +425,14 @@ func (s *Stack) signalRedis(sig syscall.Signal) error {
 // Stop ends every server and removes the directory if Start created it.
 func (s *Stack) Stop() {
 	s.mu.Lock()
-	m, r, rr, ss := s.mysql, s.redis, s.replica, s.sentinels
-	s.mysql, s.redis, s.replica, s.sentinels = nil, nil, nil, nil
+	m, r, rr, ss, dr := s.mysql, s.redis, s.replica, s.sentinels, s.dbReplica
+	s.mysql, s.redis, s.replica, s.sentinels, s.dbReplica = nil, nil, nil, nil, nil
 	s.mu.Unlock()
 	for _, p := range ss {
 		p.stop()
 	}
 	rr.stop()
+	dr.stop()
 	r.stop()
 	m.stop()
 	if s.ownDir {
@@ -404,9 +441,11 @@ func (s *Stack) Stop() {
 }
 
 // DSN returns a go-sql-driver/mysql DSN for user on database db (db may be empty).
-func (s *Stack) DSN(user, password, db string) string {
+func (s *Stack) DSN(user, password, db string) string { return dsnAt(s.MySQLAddr, user, password, db) }
+
+func dsnAt(addr, user, password, db string) string {
 	c := mysql.NewConfig()
-	c.User, c.Passwd, c.Net, c.Addr, c.DBName = user, password, "tcp", s.MySQLAddr, db
+	c.User, c.Passwd, c.Net, c.Addr, c.DBName = user, password, "tcp", addr, db
 	c.Timeout = 5 * time.Second
 	c.MultiStatements = true
 	return c.FormatDSN()

@@ -36,6 +36,7 @@ func run() error {
 	listen := flag.String("listen", "127.0.0.1:8080", "address sidecache serves on")
 	items := flag.Int("items", 3000, "rows in the items table")
 	users := flag.Int("users", 2000, "rows in the users table")
+	withReplica := flag.Bool("replica", false, "start a MariaDB replica too, and point mysql.replica_dsn at it")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -43,7 +44,7 @@ func run() error {
 
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "devstack: "+format+"\n", args...) }
 	logf("starting MariaDB and Redis ...")
-	stack, err := devstack.Start(ctx, devstack.Options{Logf: logf})
+	stack, err := devstack.Start(ctx, devstack.Options{Logf: logf, Replica: *withReplica})
 	if err != nil {
 		return err
 	}
@@ -67,11 +68,30 @@ func run() error {
 		return err
 	}
 	logf("loaded %d items, %d users and the countries in %v", *items, *users, time.Since(start).Round(time.Millisecond))
+	replicaCfg, replicaHelp := "", ""
+	if *withReplica {
+		if err := stack.WaitReplica(ctx, time.Minute); err != nil {
+			return err
+		}
+		// A minute of wait, not the default 5 s: time to type the lines below.
+		replicaCfg = fmt.Sprintf("  replica_dsn: %q\n  replica_wait_timeout: 1m\n", stack.ReplicaDSN("app", "app", "app"))
+		replicaHelp = fmt.Sprintf(`
+Loads read the replica at %[1]s. To make it lag, stop its SQL thread, write, read, start it
+(within a minute: replica_wait_timeout):
+
+  mariadb -h 127.0.0.1 -P %[2]s -u root -e "STOP SLAVE SQL_THREAD"
+  mariadb -h 127.0.0.1 -P %[3]s -u root app -e "UPDATE items SET price = 2.00 WHERE id = 42"
+  curl -i %[4]s/v1/items/42                  # miss: the replica's old price is cached
+  curl -s %[4]s/metrics | grep sidecache_replica_
+  mariadb -h 127.0.0.1 -P %[2]s -u root -e "START SLAVE SQL_THREAD"
+  curl -i %[4]s/v1/items/42                  # the second delete waited for the replica: price "2.00"
+`, stack.MySQLReplicaAddr, mysqlPort(stack.MySQLReplicaAddr), mysqlPort(stack.MySQLAddr), "http://"+*listen)
+	}
 
 	cfgPath := filepath.Join(stack.Dir, "sidecache.yaml")
-	cfg := fmt.Sprintf("listen: %q\nlog:\n  format: text\nmysql:\n  dsn: %q\nredis:\n  addrs: [%q]\n  key_prefix: \"sc:\"\n"+
+	cfg := fmt.Sprintf("listen: %q\nlog:\n  format: text\nmysql:\n  dsn: %q\n%sredis:\n  addrs: [%q]\n  key_prefix: \"sc:\"\n"+
 		"cdc:\n  enabled: true\n  flavor: mariadb\n  dsn: %q\n%s",
-		*listen, dsn, stack.RedisAddr, stack.DSN("root", "", "app"), devstack.SampleEntities)
+		*listen, dsn, replicaCfg, stack.RedisAddr, stack.DSN("root", "", "app"), devstack.SampleEntities)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}
@@ -97,9 +117,10 @@ Paste these in another terminal:
   curl -s %[1]s/readyz
   curl -s %[1]s/metrics | grep '^sidecache_'
 
+%[6]s
 Ctrl-C stops sidecache, MariaDB and Redis.
 
-`, base, stack.MySQLAddr, stack.RedisAddr, cfgPath, mysqlPort(stack.MySQLAddr))
+`, base, stack.MySQLAddr, stack.RedisAddr, cfgPath, mysqlPort(stack.MySQLAddr), replicaHelp)
 
 	cmd := exec.Command(*bin, "serve", "--config", cfgPath)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
