@@ -33,7 +33,8 @@ import (
 )
 
 // TestChaosConsistency is the randomized, seeded consistency test: fifteen tables, one per key
-// type and three with composite keys (whose key moves change one column or several), written
+// type and three with composite keys (whose key moves change one column or several), three
+// of them with a lookup on a unique column whose values move between rows, written
 // by several goroutines (single statements, bulk transactions, multi-row
 // statements, TRUNCATE, table swaps) and read through three sidecars, while the CDC leader is
 // killed, Redis restarts empty and 20% of cache deletes fail. Once the writes stop and the
@@ -141,7 +142,7 @@ redis: {addrs: ["`+stack.RedisAddr+`"], key_prefix: "`+chaosPrefix+`"}
 	// leader on its own; the wrongly-missing count below is then a test of the rebuilt filters.
 	chaosFiltersReady(t, c, tables)
 
-	results := chaosVerify(t, c, tables)
+	results := append(chaosVerify(t, c, tables), chaosVerifyLookups(t, c, tables)...)
 	var stale, missing, ghost, checked int
 	for _, r := range results {
 		r.lookInRedis(rc)
@@ -225,6 +226,9 @@ type chaosTable struct {
 	cols  []string
 	parts []chaosPart
 	ddl   string // a composite key's column definitions and PRIMARY KEY clause
+	// lookup, when set, are the values of the nullable unique column u, read through the
+	// lookup by-u: writers set rows' u to them (or NULL), taking them from one another.
+	lookup []string
 	// dense ids collide often; extremes are the type's edges, drawn more often than their share.
 	dense, extremes []string
 
@@ -290,8 +294,18 @@ func chaosNewTables(rng *rand.Rand) []*chaosTable {
 		tb.dense, tb.extremes = chaosCompositeDomain(rng, cs.parts)
 		tables = append(tables, tb)
 	}
+	// Lookups on one integer, one string and one composite table.
+	for _, tb := range tables {
+		if tb.name == "t_int" || tb.name == "t_varchar" || tb.name == "t_pair" {
+			tb.lookup = chaosLookupValues
+		}
+	}
 	return tables
 }
+
+// chaosLookupValues are few, so that rows take them from one another: case and accent variants
+// a case-insensitive collation takes for one another, and values holding ',' and '%'.
+var chaosLookupValues = []string{"u1", "U1", "u2", "a,b", "a%2Cb", "50%", "é", "e", "x y", "🔑", "ß", "ss"}
 
 // chaosPart is the kind of one key column.
 type chaosPart struct {
@@ -582,6 +596,9 @@ func chaosSchema(tables []*chaosTable) string {
 		if len(tb.cols) == 1 {
 			key = tb.cols[0] + " " + tb.sqlType + " NOT NULL PRIMARY KEY"
 		}
+		if tb.lookup != nil {
+			key += ", u VARCHAR(12) NULL, UNIQUE KEY (u)"
+		}
 		fmt.Fprintf(&b, "CREATE TABLE %s (%s, v VARCHAR(64) NULL, n INT NOT NULL DEFAULT 0) DEFAULT CHARSET=utf8mb4;\n", tb.name, key)
 	}
 	return b.String()
@@ -592,6 +609,10 @@ func chaosEntities(tables []*chaosTable) string {
 	b.WriteString("entities:\n")
 	for _, tb := range tables {
 		fmt.Fprintf(&b, "  - name: %s\n    key: [%s]\n    ttl: 1h\n    null_ttl: 1h\n    bloom: {enabled: true, expected_items: 20000, fp_rate: 0.01}\n", tb.name, tb.keyList())
+		if tb.lookup != nil {
+			// u is not returned, so rows compare as the other tables' do.
+			fmt.Fprintf(&b, "    columns: [%s, v, n]\n    lookups: [{name: by-u, columns: [u]}]\n", tb.keyList())
+		}
 	}
 	return b.String()
 }
@@ -618,6 +639,11 @@ func chaosInitialRows(t *testing.T, root *sql.DB, tables []*chaosTable, rng *ran
 			t.Fatalf("%s: initial rows: %v", tb.name, err)
 		}
 		tb.record(ids...)
+		for i, u := range tb.lookup {
+			if _, err := root.Exec("UPDATE IGNORE "+tb.name+" SET u = ? WHERE "+tb.eq("="), append([]any{u}, tb.args(ids[i])...)...); err != nil {
+				t.Fatalf("%s: initial lookup values: %v", tb.name, err)
+			}
+		}
 	}
 }
 
@@ -753,6 +779,15 @@ func (w *chaosWorkload) stmt(rng *rand.Rand) chaosStmt {
 	with := func(args ...[]any) []any { return slices.Concat(args...) }
 	one := func(v any) []any { return []any{v} }
 	insert := "INSERT INTO " + tb.name + " (" + tb.keyList() + ", v, n) VALUES (" + tb.ph() + ", ?, 0)"
+	if tb.lookup != nil && rng.IntN(100) < 20 { // a lookup value moves, goes or comes
+		id := tb.pick(rng)
+		tb.record(id)
+		var u any // NULL: the row leaves every lookup
+		if rng.IntN(4) > 0 {
+			u = tb.lookup[rng.IntN(len(tb.lookup))]
+		}
+		return chaosStmt{q("UPDATE %s SET u = ?, n = n + 1 WHERE %s", tb.name, tb.eq("=")), with(one(u), tb.args(id))}
+	}
 	switch r := rng.IntN(100); {
 	case r < 22:
 		id := tb.target(rng)
@@ -929,7 +964,9 @@ func (w *chaosWorkload) read(ctx context.Context, n int) {
 		}
 		var u string
 		var ids []string
-		if rng.IntN(4) == 0 {
+		if tb.lookup != nil && rng.IntN(2) == 0 {
+			u = "/v1/" + tb.name + "/by-u/" + url.PathEscape(tb.lookup[rng.IntN(len(tb.lookup))])
+		} else if rng.IntN(4) == 0 {
 			set := map[string]bool{}
 			for range 2 + rng.IntN(30) {
 				set[pick()] = true
@@ -1446,6 +1483,103 @@ func chaosVerify(t *testing.T, c *consistencyRun, tables []*chaosTable) []*chaos
 		results = append(results, r)
 	}
 	return results
+}
+
+// chaosVerifyLookups reads every lookup value of every lookup table through every sidecar and
+// compares the answer with the row whose u is exactly that value in MariaDB (404 when none).
+// Each lookup is reported like a table of its own, named as its cache keys are.
+func chaosVerifyLookups(t *testing.T, c *consistencyRun, tables []*chaosTable) []*chaosResult {
+	t.Helper()
+	c.mu.Lock()
+	procs := slices.Clone(c.procs)
+	c.mu.Unlock()
+	var results []*chaosResult
+	for _, tb := range tables {
+		if tb.lookup == nil {
+			continue
+		}
+		type truthRow struct {
+			id  string
+			row chaosRow
+		}
+		truth := map[string]truthRow{}
+		rows, err := c.root.Query(fmt.Sprintf("SELECT %s, u, v, n FROM %s WHERE u IS NOT NULL", tb.keyList(), tb.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var tr truthRow
+			var u string
+			if tr.id, err = tb.scanID(rows, &u, &tr.row.v, &tr.row.n); err != nil {
+				t.Fatal(err)
+			}
+			truth[u] = tr
+		}
+		rows.Close()
+		view := &chaosTable{name: keys.Lookup(tb.name, "by-u"), sqlType: "lookup u", kind: chaosString}
+		r := &chaosResult{tb: view, checked: len(tb.lookup), rows: len(truth), procs: len(procs),
+			stale: map[string]bool{}, missing: map[string]bool{}, ghost: map[string]bool{}}
+		for _, u := range tb.lookup {
+			tr, exists := truth[u]
+			want := "no row"
+			if exists {
+				want = chaosRowString(tb, tr.id, tr.row)
+			}
+			for _, p := range procs {
+				status, body, err := chaosGetRetrying("http://" + p.addr + "/v1/" + tb.name + "/by-u/" + url.PathEscape(u))
+				kind, got := "", string(body)
+				switch {
+				case err != nil:
+					kind, got = "unanswered", err.Error()
+				case status == 404 && exists:
+					kind = "wrongly missing"
+				case status == 200 && !exists:
+					kind = "ghost"
+				case status == 200:
+					if diff := chaosDiff(tb, tr.id, body, tr.row); diff != "" {
+						kind, got = "stale", got+" ("+diff+")"
+					}
+				}
+				switch kind {
+				case "":
+					continue
+				case "stale":
+					r.stale[u] = true
+				case "wrongly missing":
+					r.missing[u] = true
+				case "ghost":
+					r.ghost[u] = true
+				default:
+					r.unanswered++
+				}
+				r.mismatches = append(r.mismatches, chaosMismatch{u, kind, p.addr, got, want})
+			}
+		}
+		results = append(results, r)
+	}
+	return results
+}
+
+// chaosGetRetrying reads u, trying again a few times on anything but a 200 or a 404.
+func chaosGetRetrying(u string) (status int, body []byte, err error) {
+	for attempt := range 5 {
+		if attempt > 0 {
+			time.Sleep(500 * time.Millisecond)
+		}
+		var res *http.Response
+		if res, err = hkClient.Get(u); err != nil {
+			continue
+		}
+		body, err = io.ReadAll(res.Body)
+		res.Body.Close()
+		if err == nil && (res.StatusCode == 200 || res.StatusCode == 404) {
+			return res.StatusCode, body, nil
+		}
+		if err == nil {
+			err = fmt.Errorf("status %d: %s", res.StatusCode, body)
+		}
+	}
+	return 0, nil, err
 }
 
 // chaosAnswer is a sidecar's multi-get answer.
