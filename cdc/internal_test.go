@@ -107,23 +107,23 @@ func TestFormatID(t *testing.T) {
 func TestKeyIndex(t *testing.T) {
 	tg := Target{Key: []KeyColumn{{Name: "id", Index: 0}}}
 	withNames := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("extra"), []byte("ID"), []byte("name")}, PrimaryKey: []uint64{1}}
-	if got := keyIndex(withNames, tg.Key, 0); got != 1 {
+	if got := keyIndex(withNames, tg, 0); got != 1 {
 		t.Errorf("with column names: %d, want 1", got)
 	}
 	pkOnly := &replication.TableMapEvent{PrimaryKey: []uint64{2}}
-	if got := keyIndex(pkOnly, tg.Key, 0); got != 2 {
+	if got := keyIndex(pkOnly, tg, 0); got != 2 {
 		t.Errorf("with the primary key only: %d, want 2", got)
 	}
 	bare := &replication.TableMapEvent{}
-	if got := keyIndex(bare, []KeyColumn{{Name: "id", Index: 3}}, 0); got != 3 {
+	if got := keyIndex(bare, Target{Key: []KeyColumn{{Name: "id", Index: 3}}}, 0); got != 3 {
 		t.Errorf("without metadata: %d, want the start-time index 3", got)
 	}
 	renamed := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("uid")}}
-	if got := keyIndex(renamed, tg.Key, 0); got != -1 {
+	if got := keyIndex(renamed, tg, 0); got != -1 {
 		t.Errorf("key column gone: %d, want -1 (reported, not guessed)", got)
 	}
 	// A composite key: each column by name, or by the primary key the event declares, in order.
-	pair := []KeyColumn{{Name: "actor_id", Index: 5}, {Name: "film_id", Index: 6}}
+	pair := Target{Key: []KeyColumn{{Name: "actor_id", Index: 5}, {Name: "film_id", Index: 6}}}
 	named := &replication.TableMapEvent{ColumnName: [][]byte{[]byte("film_id"), []byte("x"), []byte("actor_id")}}
 	if a, f := keyIndex(named, pair, 0), keyIndex(named, pair, 1); a != 2 || f != 0 {
 		t.Errorf("composite by name: %d, %d; want 2, 0", a, f)
@@ -134,6 +134,11 @@ func TestKeyIndex(t *testing.T) {
 	}
 	if a, f := keyIndex(bare, pair, 0), keyIndex(bare, pair, 1); a != 5 || f != 6 {
 		t.Errorf("composite without metadata: %d, %d; want the start-time 5, 6", a, f)
+	}
+	// A lookup's columns are not the primary key the event declares.
+	lookup := Target{Lookup: true, Key: []KeyColumn{{Name: "email", Index: 1}}}
+	if got := keyIndex(&replication.TableMapEvent{PrimaryKey: []uint64{0}}, lookup, 0); got != 1 {
+		t.Errorf("a lookup with the primary key declared: %d, want its start-time index 1", got)
 	}
 }
 

@@ -361,7 +361,11 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 			var ids [2]string
 			ok := true
 			for j := 0; j < step && i+j < len(e.Rows); j++ {
-				if ids[j], ok = read(e.Rows[i+j]); !ok {
+				var skipped []int // columns a minimal or noblob row image leaves out
+				if i+j < len(e.SkippedColumns) {
+					skipped = e.SkippedColumns[i+j]
+				}
+				if ids[j], ok = read(e.Rows[i+j], skipped); !ok {
 					break
 				}
 			}
@@ -409,18 +413,19 @@ const nullLookup = "\xff"
 
 // keyReader returns the function that reads a row image's id for tg, as the read path writes
 // ids: each key column's value in the id's form, joined as keys.JoinID joins them. It reports
-// false for a row whose key cannot be read.
-func (t *Tail) keyReader(tm *replication.TableMapEvent, tg Target) func(row []any) (string, bool) {
+// false for a row whose key cannot be read, one of whose columns the image left out (skipped)
+// among them: a lookup column left out is not NULL, its value is unknown.
+func (t *Tail) keyReader(tm *replication.TableMapEvent, tg Target) func(row []any, skipped []int) (string, bool) {
 	idx := make([]int, len(tg.Key))
 	charsets := make([]string, len(tg.Key))
 	for i := range tg.Key {
-		idx[i] = keyIndex(tm, tg.Key, i)
+		idx[i] = keyIndex(tm, tg, i)
 		charsets[i] = t.keyCharset(tm, idx[i])
 	}
 	parts := make([]string, len(tg.Key))
-	return func(row []any) (string, bool) {
+	return func(row []any, skipped []int) (string, bool) {
 		for i, at := range idx {
-			if at < 0 || at >= len(row) {
+			if at < 0 || at >= len(row) || slices.Contains(skipped, at) {
 				return "", false
 			}
 			if row[at] == nil && tg.Lookup {
@@ -435,9 +440,10 @@ func (t *Tail) keyReader(tm *replication.TableMapEvent, tg Target) func(row []an
 	}
 }
 
-// keyIndex finds key column i in the event's own metadata: by name, then by the primary key
-// it declares, and only without metadata by the schema read at start.
-func keyIndex(tm *replication.TableMapEvent, key []KeyColumn, i int) int {
+// keyIndex finds key column i in the event's own metadata: by name, then (for a primary key)
+// by the primary key it declares, and only without metadata by the schema read at start.
+func keyIndex(tm *replication.TableMapEvent, tg Target, i int) int {
+	key := tg.Key
 	if names := tm.ColumnNameString(); len(names) > 0 {
 		for at, n := range names {
 			if strings.EqualFold(n, key[i].Name) {
@@ -446,7 +452,7 @@ func keyIndex(tm *replication.TableMapEvent, key []KeyColumn, i int) int {
 		}
 		return -1
 	}
-	if len(tm.PrimaryKey) == len(key) {
+	if len(tm.PrimaryKey) == len(key) && !tg.Lookup {
 		return int(tm.PrimaryKey[i])
 	}
 	return key[i].Index

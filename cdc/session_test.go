@@ -238,3 +238,37 @@ func TestSessionWaitGTID(t *testing.T) {
 		t.Errorf("without GTIDs: %q, want none", got)
 	}
 }
+
+// TestSessionLookupRows: a lookup's keys are deleted for both images of every change, a NULL
+// has nothing to delete, and a lookup column the image leaves out drops the lookup's cache.
+func TestSessionLookupRows(t *testing.T) {
+	tail := New(Options{Flavor: "mysql", Schema: "app", Prefix: "sc:",
+		Tables: map[string][]Target{"users": {
+			{Entity: "users", Key: []KeyColumn{{Name: "id", Bits: 64}}},
+			{Entity: "users/by-email", Lookup: true, Key: []KeyColumn{{Name: "email", Index: 1}}},
+		}}})
+	users := func(typ replication.EventType, skipped [][]int, rows ...[]any) *replication.BinlogEvent {
+		tm := &replication.TableMapEvent{Schema: []byte("app"), Table: []byte("users"), ColumnName: [][]byte{[]byte("id"), []byte("email"), []byte("name")}}
+		return ev(typ, &replication.RowsEvent{Table: tm, Rows: rows, SkippedColumns: skipped})
+	}
+	s := newSession(tail, Checkpoint{})
+	feed(s, mysqlGTID(), query("BEGIN"),
+		users(replication.UPDATE_ROWS_EVENTv2, nil, []any{int64(1), "old@x", "a"}, []any{int64(1), "new@x", "a"}),
+		users(replication.UPDATE_ROWS_EVENTv2, nil, []any{int64(2), "same@x", "a"}, []any{int64(2), "same@x", "b"}),
+		users(replication.WRITE_ROWS_EVENTv2, nil, []any{int64(3), nil, "c"}),
+		users(replication.DELETE_ROWS_EVENTv2, nil, []any{int64(4), "gone@x", "d"}),
+		xidEvent())
+	want := []string{"sc:{users/by-email:gone@x}", "sc:{users/by-email:new@x}", "sc:{users/by-email:old@x}", "sc:{users/by-email:same@x}",
+		"sc:{users:1}", "sc:{users:2}", "sc:{users:3}", "sc:{users:4}"}
+	if got := batchKeys(s); !slices.Equal(got, want) || len(s.w.drops) != 0 {
+		t.Errorf("keys %v, drops %v; want %v and no drop", got, s.w.drops, want)
+	}
+
+	// A minimal image: the delete lists only the key; the email it had is unknown.
+	s = newSession(tail, Checkpoint{})
+	feed(s, mysqlGTID(), query("BEGIN"),
+		users(replication.DELETE_ROWS_EVENTv2, [][]int{{1, 2}}, []any{int64(5), nil, nil}))
+	if s.w.drops["users/by-email"] != "unreadable_key" || len(s.w.drops) != 1 {
+		t.Errorf("drops %v, want the lookup's cache dropped (and only it: the key was there)", s.w.drops)
+	}
+}

@@ -2,10 +2,14 @@ package sidecar_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/sidecache/sidecache/internal/devstack"
 )
 
 // A join table keyed by two columns, and one keyed by a string and an integer whose strings
@@ -107,15 +111,23 @@ func TestLookups(t *testing.T) {
 	e := newDB(t, `CREATE TABLE users (id INT NOT NULL PRIMARY KEY, email VARCHAR(80) NULL, slug VARCHAR(20) NOT NULL, city VARCHAR(20),
   UNIQUE KEY (email), UNIQUE KEY (slug));
 INSERT INTO users VALUES (1, 'ann@example.com', 'ann', 'Oslo'), (2, NULL, 'invalidate', 'Rome')`)
-	cfg, err := e.config("entities:\n  - name: users\n    lookups: [{name: by-city, columns: [city]}]\n")
+	// Lookups need the binlog tail: only it sees a lookup value change.
+	tail := fmt.Sprintf("cdc:\n  enabled: true\n  flavor: mariadb\n  server_id: %d\n  dsn: %q\n  leader_ttl: 1s\n",
+		3000+time.Now().UnixNano()%1000, stack.DSN("root", "", e.name))
+	cfg, err := e.config(tail + "entities:\n  - name: users\n    lookups: [{name: by-city, columns: [city]}]\n")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := newSidecar(cfg); err == nil || !strings.Contains(err.Error(), "lookups[0]") || !strings.Contains(err.Error(), "UNIQUE index") {
 		t.Errorf("a lookup on a column without a unique index: %v, want a schema error naming lookups[0]", err)
 	}
-	e.start("entities:\n  - name: users\n    lookups: [{name: by-email, columns: [email]}, {name: by-slug, columns: [slug]}]\n")
-	r := e.get("/v1/users/by-email/ann@example.com").want(t, 200, "miss")
+	e.start(tail + "entities:\n  - name: users\n    bloom: {enabled: true}\n    lookups: [{name: by-email, columns: [email]}, {name: by-slug, columns: [slug]}]\n")
+	var r response
+	devstack.EventuallyState(t, 20*time.Second, func() (bool, string) {
+		r = e.get("/v1/users/by-email/ann@example.com")
+		return r.cache != "bypass", "the lookup is read past the cache: the binlog tail does not cover it yet"
+	})
+	r.want(t, 200, "miss")
 	if want := `{"id":1,"email":"ann@example.com","slug":"ann","city":"Oslo"}`; string(r.body) != want {
 		t.Errorf("body %s, want %s", r.body, want)
 	}
@@ -135,6 +147,21 @@ INSERT INTO users VALUES (1, 'ann@example.com', 'ann', 'Oslo'), (2, NULL, 'inval
 	}
 	if r := e.get("/v1/users/1/invalidate"); r.status != 405 {
 		t.Errorf("GET invalidate: %d, want 405", r.status)
+	}
+	// A lookup's name is no entity: not through the entity routes, and not to invalidate (the
+	// entity has a Bloom filter, which an invalidate of a name that is not an entity would look up).
+	for _, path := range []string{"/v1/users%2Fby-email/ann@example.com", "/v1/users%2Fby-email?id=ann@example.com"} {
+		if r := e.get(path); r.status != 404 || r.errorCode(t) != "unknown_entity" {
+			t.Errorf("GET %s: %d %s, want 404 unknown_entity", path, r.status, r.body)
+		}
+	}
+	res, err := http.Post(e.url+"/v1/users%2Fby-email/ann@example.com/invalidate", "", nil)
+	if err != nil {
+		t.Fatalf("POST invalidate of a lookup's name: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 404 {
+		t.Errorf("POST invalidate of a lookup's name: %d, want 404", res.StatusCode)
 	}
 	if !slices.Contains(e.keys(), e.prefix+"{users/by-email:ann@example.com}") {
 		t.Errorf("cache keys %v: want the lookup's own key", e.keys())

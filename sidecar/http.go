@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -138,7 +140,20 @@ func (rd reading) end(outcome string) {
 }
 
 func (a *api) getOne(w http.ResponseWriter, r *http.Request) {
-	a.get(w, r, r.PathValue("entity"), r.PathValue("id"))
+	if entity, ok := a.entityOf(w, r); ok {
+		a.get(w, r, entity, r.PathValue("id"))
+	}
+}
+
+// entityOf is the request's entity. A name with a '/' (users%2Fby-email, decoded) names a
+// lookup, which is read through its own route only: it is answered unknown_entity here.
+func (a *api) entityOf(w http.ResponseWriter, r *http.Request) (string, bool) {
+	e := r.PathValue("entity")
+	if strings.Contains(e, "/") {
+		a.writeError(w, "", fmt.Errorf("%w: %q", readthrough.ErrUnknownEntity, e))
+		return "", false
+	}
+	return e, true
 }
 
 // getLookup answers GET /v1/{entity}/{lookup}/{value}: the lookup reads like an entity of its
@@ -179,7 +194,10 @@ func (a *api) get(w http.ResponseWriter, r *http.Request, entity, id string) {
 }
 
 func (a *api) getMany(w http.ResponseWriter, r *http.Request) {
-	entity := r.PathValue("entity")
+	entity, ok := a.entityOf(w, r)
+	if !ok {
+		return
+	}
 	rd, ok := a.startRead(w, r, entity)
 	if !ok {
 		return

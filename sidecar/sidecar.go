@@ -367,6 +367,9 @@ func (s *Sidecar) Handler() http.Handler { return s.handler }
 // It returns nil only once the first delete is done, or its retry is acknowledged by Kafka:
 // an application that goes on after a success must not find the old row.
 func (s *Sidecar) Invalidate(ctx context.Context, entity, raw string) error {
+	if s.cfg.Entity(entity) == nil { // a lookup's name (users/by-email) too: it is not an entity
+		return fmt.Errorf("%w: %q", readthrough.ErrUnknownEntity, entity)
+	}
 	id, err := s.reader.ParseID(entity, raw)
 	if err != nil {
 		return err

@@ -96,6 +96,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.CheckServe(); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
+	}
 	log := newLogger(cfg.Log, stderr)
 	// go-redis logs pool dial failures through a process-wide logger; during an outage our own
 	// rate-limited warnings say it once a second, so its lines go to debug.

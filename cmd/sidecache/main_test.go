@@ -66,12 +66,15 @@ func TestStartFailuresAreOneLine(t *testing.T) {
 	path, _ := setup(t, "cmd_bad", "entities:\n  - name: items\n    columns: [id, colour]\n")
 	unknownKey := filepath.Join(t.TempDir(), "unknown.yaml")
 	os.WriteFile(unknownKey, []byte("mysql:\n  dsn: \"a:b@tcp(h:1)/d\"\nentities:\n  - name: items\n    tll: 1m\n"), 0o600)
+	noTail := filepath.Join(t.TempDir(), "notail.yaml")
+	os.WriteFile(noTail, []byte("mysql:\n  dsn: \"a:b@tcp(h:1)/d\"\nentities:\n  - name: users\n    lookups: [{name: by-email, columns: [email]}]\n"), 0o600)
 	tests := []struct {
 		name string
 		args []string
 		code int
 		want []string
 	}{
+		{"lookups without the tail", []string{"serve", "--config", noTail}, 1, []string{noTail, `entity "users"`, "cdc.enabled"}},
 		{"schema mismatch", []string{"serve", "--config", path}, 1, []string{path, `entity "items"`, "columns[1]", `"colour" does not exist`}},
 		{"unknown key", []string{"serve", "--config", unknownKey}, 1, []string{unknownKey, "line 5", `unknown field "tll"`}},
 		{"missing file", []string{"serve", "--config", "/nonexistent.yaml"}, 1, []string{"/nonexistent.yaml", "no such file"}},

@@ -717,6 +717,21 @@ func (c *Config) validate() error {
 }
 
 // Entity returns the entity named name, or nil.
+// CheckServe reports what this configuration cannot serve, though a preload or a check can use
+// it: lookups without the binlog tail, the only thing that sees a row's old lookup values
+// (without it a changed email would answer the row until its TTL).
+func (c *Config) CheckServe() error {
+	if c.CDC.Enabled {
+		return nil
+	}
+	for _, e := range c.Entities {
+		if len(e.Lookups) > 0 {
+			return fmt.Errorf("%w: entity %q: lookups need the binlog tail (cdc.enabled: true), the only thing that sees a value change", ErrInvalid, e.Name)
+		}
+	}
+	return nil
+}
+
 func (c *Config) Entity(name string) *Entity {
 	for i := range c.Entities {
 		if c.Entities[i].Name == name {

@@ -59,6 +59,20 @@ func TestParseDefaults(t *testing.T) {
 	}
 }
 
+func TestLookupsNeedTheTailToServe(t *testing.T) {
+	c, err := Parse([]byte(minimal + "    lookups: [{name: by-email, columns: [email]}]\n"))
+	if err != nil {
+		t.Fatal(err) // a preload or a check can use it
+	}
+	if err := c.CheckServe(); err == nil || !strings.Contains(err.Error(), `entity "items": lookups need the binlog tail`) {
+		t.Errorf("CheckServe: %v, want lookups refused without cdc.enabled", err)
+	}
+	c.CDC.Enabled = true
+	if err := c.CheckServe(); err != nil {
+		t.Errorf("CheckServe with the tail: %v", err)
+	}
+}
+
 func TestParseKeyColumns(t *testing.T) {
 	for doc, want := range map[string]string{
 		"    key: id\n":                    "[id]",
@@ -106,6 +120,10 @@ func TestParseErrors(t *testing.T) {
 		{"key column listed twice", minimal + "    key: [a, A]\n", []string{`entity "items": key[1]`, "twice"}},
 		{"key column not an identifier", minimal + "    key: [a, \"b c\"]\n", []string{`entity "items": key[1]`, "identifier"}},
 		{"key as a map", minimal + "    key: {a: 1}\n", []string{"column name or a list"}},
+		{"lookup name", minimal + "    lookups: [{name: By/Email, columns: [email]}]\ncdc: {enabled: true}\n", []string{"lookups[0].name"}},
+		{"lookup twice", minimal + "    lookups: [{name: e, columns: [a]}, {name: e, columns: [b]}]\ncdc: {enabled: true}\n", []string{"lookups[1].name", "duplicate"}},
+		{"lookup without columns", minimal + "    lookups: [{name: e}]\ncdc: {enabled: true}\n", []string{"lookups[0].columns", "at least one"}},
+		{"lookup column twice", minimal + "    lookups: [{name: e, columns: [a, A]}]\ncdc: {enabled: true}\n", []string{"lookups[0].columns[1]", "twice"}},
 		{"no dsn", "entities:\n  - name: items\n", []string{"mysql.dsn: is required"}},
 		{"dsn without database", strings.Replace(minimal, "/app", "/", 1), []string{"mysql.dsn", "names no database"}},
 		{"replica dsn unparsable", withReplica("replica_dsn: \"app@127.0.0.1/app\""), []string{"mysql.replica_dsn"}},

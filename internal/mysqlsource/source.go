@@ -361,20 +361,25 @@ func (s *Source) uniqueIndexes(ctx context.Context, table string) (uniqueKeys, e
 	}
 	defer rows.Close()
 	byIndex := map[string][]string{}
+	expression := map[string]bool{} // a functional key part (MySQL 8) has no column name
 	var order []string
 	for rows.Next() {
-		var idx, col string
+		var idx string
+		var col sql.NullString
 		if err := rows.Scan(&idx, &col); err != nil {
 			return nil, err
 		}
 		if _, ok := byIndex[idx]; !ok {
 			order = append(order, idx)
 		}
-		byIndex[idx] = append(byIndex[idx], strings.ToLower(col))
+		expression[idx] = expression[idx] || !col.Valid
+		byIndex[idx] = append(byIndex[idx], strings.ToLower(col.String))
 	}
 	var u uniqueKeys
 	for _, idx := range order {
-		u = append(u, byIndex[idx])
+		if !expression[idx] {
+			u = append(u, byIndex[idx])
+		}
 	}
 	return u, rows.Err()
 }
