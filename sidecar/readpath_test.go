@@ -394,3 +394,22 @@ func TestAdminListen(t *testing.T) {
 		t.Errorf("admin /v1/items/1: %v %v, want 404", res.StatusCode, err)
 	}
 }
+
+// TestPaddedCharKeys: with PAD_CHAR_TO_FULL_LENGTH in the server's sql_mode, CHAR values come
+// back padded to the column's length, and no id would match its row; sidecache's sessions
+// leave it out.
+func TestPaddedCharKeys(t *testing.T) {
+	e := newDB(t, `CREATE TABLE codes (code CHAR(8) NOT NULL PRIMARY KEY, label CHAR(8));
+INSERT INTO codes VALUES ('ab', 'x')`)
+	var mode string
+	if err := e.root.QueryRow("SELECT @@GLOBAL.sql_mode").Scan(&mode); err != nil {
+		t.Fatal(err)
+	}
+	e.exec("SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',PAD_CHAR_TO_FULL_LENGTH')")
+	t.Cleanup(func() { e.root.Exec("SET GLOBAL sql_mode = ?", mode) })
+	e.root.SetMaxIdleConns(0) // new sessions from here on
+	e.start("entities:\n  - name: codes\n")
+	if r := e.get("/v1/codes/ab").want(t, 200, "miss"); string(r.body) != `{"code":"ab","label":"x"}` {
+		t.Errorf("body %s", r.body)
+	}
+}

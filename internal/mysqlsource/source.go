@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,6 +44,18 @@ func Open(dsn string, maxOpenConns int) (*sql.DB, string, error) {
 	if c.Params == nil {
 		c.Params = make(map[string]string)
 	}
+	// Ids and rows are read as the binlog has them: in utf8mb4, and CHAR values without the
+	// padding PAD_CHAR_TO_FULL_LENGTH would add. Another character set would give a row's key
+	// other bytes than the binlog's, so its invalidations would miss.
+	if _, query, ok := strings.Cut(dsn, "?"); ok {
+		if q, err := url.ParseQuery(query); err == nil && q.Has("charset") && !strings.EqualFold(q.Get("charset"), "utf8mb4") {
+			return nil, "", fmt.Errorf("mysql.dsn: charset=%s: sidecache reads in utf8mb4, the form ids take in the binlog (remove the parameter)", q.Get("charset"))
+		}
+	}
+	if err := c.Apply(mysql.Charset("utf8mb4", "")); err != nil {
+		return nil, "", fmt.Errorf("mysql.dsn: %w", err)
+	}
+	c.Params["sql_mode"] = "(SELECT REPLACE(@@SESSION.sql_mode, 'PAD_CHAR_TO_FULL_LENGTH', ''))"
 	c.Params["time_zone"] = "'+00:00'"
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Second
