@@ -46,13 +46,17 @@ test: deps vet
 # transactions, TRUNCATE and table swaps, with the CDC leader killed, Redis restarted empty and
 # 20% of deletes failing) for SOAK (default 10m). SIDECACHE_SEED=n replays a run's operations.
 SOAK ?= 10m
+# SOAK_TEST=TestChaosConsistencyNearCache runs it with every sidecar's near cache on.
+SOAK_TEST ?= TestChaosConsistency
 soak: deps
-	SIDECACHE_INTEGRATION=required SIDECACHE_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run TestChaosConsistency -v ./cmd/sidecache
+	SIDECACHE_INTEGRATION=required SIDECACHE_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run '^$(SOAK_TEST)$$' -v ./cmd/sidecache
 
 # bench-hit compares the hit path with a bare net/http + go-redis handler in one run.
+# HITPATH_FLAGS adds flags: -near (the near cache on), -calibrate, -rounds N (bin/hitpath -h).
+HITPATH_FLAGS ?=
 bench-hit: deps-bench build
 	$(GO) build -o bin/hitpath ./internal/loadtest/hitpath
-	bin/hitpath -bin $(BIN)
+	bin/hitpath -bin $(BIN) $(HITPATH_FLAGS)
 
 # outage runs two sidecars under reads and writes while Redis goes away: SCENARIO kill (default:
 # killed, down 8 s, back empty), unavailable (degraded.mode unavailable), sentinel (the master

@@ -35,7 +35,7 @@ var errCircuitOpen = fmt.Errorf("%w: circuit open (Redis failed repeatedly; call
 //
 // onBack is called when the circuit closes, before the call that found Redis back returns.
 func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, onBack func()) (redis.UniversalClient, *faults.Faults, *gobreaker.TwoStepCircuitBreaker[struct{}]) {
-	rc := redis.NewUniversalClient(&redis.UniversalOptions{
+	o := &redis.UniversalOptions{
 		Addrs:         cfg.Redis.Addrs,
 		MasterName:    cfg.Redis.MasterName,
 		IsClusterMode: len(cfg.Redis.Addrs) > 1 && cfg.Redis.MasterName == "",
@@ -50,7 +50,18 @@ func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, 
 		// would otherwise dial five times, 100ms apart), and the circuit breaker takes it from
 		// there.
 		DialerRetries: 1,
-	})
+	}
+	if nc := cfg.NearCache; nc.Enabled {
+		// Server-assisted client-side caching: RESP3, every connection with CLIENT TRACKING on,
+		// and each value dropped when Redis says its key changed or the connection that read it
+		// goes away; MaxStaleness bounds the rest.
+		o.Protocol = 3
+		o.ClientSideCacheConfig = &redis.ClientSideCacheConfig{MaxEntries: nc.MaxEntries, MaxStaleness: nc.MaxStaleness.D()}
+	}
+	rc := redis.NewUniversalClient(o)
+	if c, ok := rc.(*redis.Client); ok && cfg.NearCache.Enabled {
+		registerNearCache(reg, c)
+	}
 	var inject *faults.Faults
 	if cfg.Faults.Enabled() {
 		inject = faults.New(cfg.Faults.DeleteFailureRate, cfg.Faults.DeleteLatency.D(), reg)
@@ -146,4 +157,20 @@ func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 		done(err)
 		return err
 	}
+}
+
+// registerNearCache exports the near cache's counters: a hit it serves answers X-Cache: hit like
+// a Redis hit, and these tell them apart.
+func registerNearCache(reg prometheus.Registerer, c *redis.Client) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sidecache_near_cache_hits_total", Help: "Redis reads answered from the near cache (in process), without a round trip.",
+		}, func() float64 { return float64(c.CSCStats().Hits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sidecache_near_cache_misses_total", Help: "Cacheable Redis reads the near cache did not hold, sent to Redis.",
+		}, func() float64 { return float64(c.CSCStats().Misses) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecache_near_cache_entries", Help: "Values the near cache holds.",
+		}, func() float64 { return float64(c.CSCStats().Entries) }),
+	)
 }

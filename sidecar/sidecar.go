@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -513,6 +514,24 @@ func (s *Sidecar) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	if s.kafka != nil {
 		g.Go(func() error { s.kafka.Run(gctx); return nil })
+	}
+	if s.cfg.PprofListen != "" {
+		// Off by default and loopback only (checked by config): profiles show the process's
+		// internals, and a CPU profile costs while it runs.
+		pprofLn, err := net.Listen("tcp", s.cfg.PprofListen)
+		if err != nil {
+			s.log.Warn("pprof_listen: not serving the profiler", "err", err)
+		} else {
+			mux := http.NewServeMux()
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			g.Go(func() error {
+				return serveUntil(gctx, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, pprofLn, 0)
+			})
+			s.log.Info("profiler", "addr", pprofLn.Addr().String())
+		}
 	}
 	if faultsLn != nil {
 		g.Go(func() error {

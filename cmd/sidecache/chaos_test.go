@@ -41,7 +41,20 @@ import (
 // binlog tail and the retries have caught up, every sidecar must answer exactly what MariaDB
 // holds for every id the run wrote or read. SIDECACHE_SEED replays a run's operation streams;
 // SIDECACHE_SOAK (a Go duration) makes it a long run.
-func TestChaosConsistency(t *testing.T) {
+func TestChaosConsistency(t *testing.T) { chaosRun(t, false) }
+
+// TestChaosConsistencyNearCache is the same run with every sidecar's near cache on, values
+// served from memory for as long as no invalidation arrives (max_staleness 1h): every copy must
+// follow the deletes, Redis's restart and the leader's death through invalidations and dropped
+// connections alone.
+func TestChaosConsistencyNearCache(t *testing.T) { chaosRun(t, true) }
+
+// chaosRun runs the randomized consistency test, with the near cache on or off.
+func chaosRun(t *testing.T, near bool) {
+	extra := ""
+	if near {
+		extra = "near_cache: {enabled: true, max_entries: 100000, max_staleness: 1h}\n"
+	}
 	seed := chaosSeed(t)
 	chaosSay(t, "chaos: seed %d (replay with SIDECACHE_SEED=%d)", seed, seed)
 	t.Cleanup(func() {
@@ -72,7 +85,7 @@ log: {format: text}
 mysql: {dsn: "` + stack.DSN(chaosDB, chaosDB, chaosDB) + `"}
 redis: {addrs: ["` + stack.RedisAddr + `"], key_prefix: "` + chaosPrefix + `"}
 cdc: {enabled: true, flavor: mariadb, server_id: SERVERID, dsn: "` + stack.DSN("root", "", chaosDB) + `", leader_ttl: 1s, double_delete_delay: 200ms}
-` + kafkaConfig(k, 10000) + chaosEntities(tables)
+` + extra + kafkaConfig(k, 10000) + chaosEntities(tables)
 
 	// The Bloom filters (and a warm cache) before any sidecar serves.
 	preloadCfg := filepath.Join(t.TempDir(), "preload.yaml")
@@ -143,6 +156,13 @@ redis: {addrs: ["`+stack.RedisAddr+`"], key_prefix: "`+chaosPrefix+`"}
 	chaosFiltersReady(t, c, tables)
 
 	results := append(chaosVerify(t, c, tables), chaosVerifyLookups(t, c, tables)...)
+	if near {
+		hits := c.metricsSum("sidecache_near_cache_hits_total")
+		chaosSay(t, "chaos: near cache: %.0f hits on the sidecars alive", hits)
+		if hits == 0 {
+			t.Error("no read was answered from the near cache: the run did not test it")
+		}
+	}
 	var stale, missing, ghost, checked int
 	for _, r := range results {
 		r.lookInRedis(rc)

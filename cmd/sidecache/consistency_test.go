@@ -347,6 +347,21 @@ func TestConsistencyUndisturbed(t *testing.T) {
 	c.report("undisturbed, 2 sidecars", writes, consistencyFor, c.settle())
 }
 
+// TestConsistencyNearCache: both sidecars keep values in memory, kept only by Redis's
+// invalidations (max_staleness 1h, so nothing else refreshes them).
+func TestConsistencyNearCache(t *testing.T) {
+	c := newConsistencyRunWith(t, "cons_near", "near_cache: {enabled: true, max_entries: 100000, max_staleness: 1h}\n")
+	c.start()
+	c.start()
+	writes := c.load(consistencyFor, consistencyRate, nil)
+	c.report("near cache on, 2 sidecars", writes, consistencyFor, c.settle())
+	if hits := c.metricsSum("sidecache_near_cache_hits_total"); hits == 0 {
+		t.Error("no read was answered from the near cache: the run did not test it")
+	} else {
+		t.Logf("near cache hits: %.0f", hits)
+	}
+}
+
 func TestConsistencyLeaderKilled(t *testing.T) {
 	c := newConsistencyRun(t, "cons_kill")
 	a, b := c.start(), c.start()

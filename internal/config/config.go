@@ -40,6 +40,9 @@ type Config struct {
 	// leave Listen: the kubelet's probes and Prometheus reach them on the pod's address while
 	// the data API stays on loopback. Default none: they are served on Listen.
 	AdminListen string `yaml:"admin_listen"`
+	// PprofListen, if set, serves Go's profiler (/debug/pprof/) there; loopback only. Default
+	// none.
+	PprofListen string `yaml:"pprof_listen"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM. Default 10s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// Log configures the structured log on stderr.
@@ -47,14 +50,15 @@ type Config struct {
 	// Limits bounds what one request may ask for.
 	Limits Limits `yaml:"limits"`
 
-	MySQL    MySQL    `yaml:"mysql"`
-	Redis    Redis    `yaml:"redis"`
-	Degraded Degraded `yaml:"degraded"`
-	Lease    Lease    `yaml:"lease"`
-	Kafka    Kafka    `yaml:"kafka"`
-	CDC      CDC      `yaml:"cdc"`
-	Faults   Faults   `yaml:"faults"`
-	Entities []Entity `yaml:"entities"`
+	MySQL     MySQL     `yaml:"mysql"`
+	Redis     Redis     `yaml:"redis"`
+	NearCache NearCache `yaml:"near_cache"`
+	Degraded  Degraded  `yaml:"degraded"`
+	Lease     Lease     `yaml:"lease"`
+	Kafka     Kafka     `yaml:"kafka"`
+	CDC       CDC       `yaml:"cdc"`
+	Faults    Faults    `yaml:"faults"`
+	Entities  []Entity  `yaml:"entities"`
 }
 
 // Log configures logging.
@@ -94,6 +98,21 @@ type MySQL struct {
 	// wait off: the second delete runs after double_delete_delay alone. Default 5s; used only
 	// with ReplicaDSN.
 	ReplicaWaitTimeout *Duration `yaml:"replica_wait_timeout"`
+}
+
+// NearCache keeps recently read values in the process, kept in step by Redis's server-assisted
+// client-side caching (RESP3 CLIENT TRACKING): every write to a key, by anyone, invalidates the
+// copies.
+type NearCache struct {
+	// Enabled turns it on. Default false. Only with a single Redis server (not Sentinel or
+	// Cluster, which go-redis's client-side caching does not serve yet).
+	Enabled bool `yaml:"enabled"`
+	// MaxEntries bounds the values held. Default 100000.
+	MaxEntries int `yaml:"max_entries"`
+	// MaxStaleness bounds how long a value is served from memory before it is read from Redis
+	// again, whatever the invalidations: the bound when Redis hangs (no invalidation arrives,
+	// and the connection is not yet known dead). Default 1s.
+	MaxStaleness Duration `yaml:"max_staleness"`
 }
 
 // Redis is the cache.
@@ -404,6 +423,8 @@ const (
 	DefaultDegradedMode    = "load"
 	DefaultMaxDBRate       = 100
 	DefaultReplicaWait     = 5 * time.Second
+	DefaultNearEntries     = 100000
+	DefaultNearStaleness   = time.Second
 )
 
 func (c *Config) applyDefaults() {
@@ -426,6 +447,8 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Redis.KeyPrefix, DefaultKeyPrefix)
 	setDefault(&c.Redis.Timeout, Duration(DefaultRedisTimeout))
 	setDefault(&c.Degraded.Mode, DefaultDegradedMode)
+	setDefault(&c.NearCache.MaxEntries, DefaultNearEntries)
+	setDefault(&c.NearCache.MaxStaleness, Duration(DefaultNearStaleness))
 	if c.Degraded.Mode == "load" {
 		setDefault(&c.Degraded.MaxDBRate, DefaultMaxDBRate)
 	}
@@ -553,6 +576,20 @@ func (c *Config) validate() error {
 	default:
 		return bad("degraded.mode", "%q is not one of load, unavailable", c.Degraded.Mode)
 	}
+	if c.NearCache.Enabled {
+		switch {
+		case c.Redis.MasterName != "":
+			return bad("near_cache.enabled", "a near cache needs a single Redis server: go-redis's client-side caching does not serve Sentinel (redis.master_name) yet")
+		case len(c.Redis.Addrs) > 1:
+			return bad("near_cache.enabled", "a near cache needs a single Redis server: go-redis's client-side caching does not serve Redis Cluster yet")
+		}
+	}
+	if c.NearCache.MaxEntries < 0 {
+		return bad("near_cache.max_entries", "must be positive")
+	}
+	if c.NearCache.MaxStaleness < 0 {
+		return bad("near_cache.max_staleness", "must be positive")
+	}
 	if strings.ContainsAny(c.Redis.MasterName, " \t\r\n") {
 		return bad("redis.master_name", "%q may not contain white space", c.Redis.MasterName)
 	}
@@ -609,6 +646,11 @@ func (c *Config) validate() error {
 	if c.Faults.AdminListen != "" {
 		if err := faults.CheckLoopback(c.Faults.AdminListen); err != nil {
 			return bad("faults.admin_listen", "%v", err)
+		}
+	}
+	if c.PprofListen != "" {
+		if err := faults.CheckLoopback(c.PprofListen); err != nil {
+			return bad("pprof_listen", "%v", err)
 		}
 	}
 	switch c.CDC.Flavor {

@@ -40,12 +40,14 @@ func main() {
 	conns := flag.Int("conns", 50, "wrk connections")
 	threads := flag.Int("threads", 1, "wrk threads")
 	calibrate := flag.Bool("calibrate", false, "measure a second bare handler in sidecache's place: the noise floor of the ratio")
+	near := flag.Bool("near", false, "turn sidecache's near cache on (near_cache.enabled)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of sidecache during its first timed round to this file")
 	flag.Parse()
 	var err error
 	if *bare {
 		err = serveBare(*redisAddr, *listen)
 	} else {
-		err = run(*bin, *keys, *duration, *rounds, *conns, *threads, *calibrate)
+		err = run(*bin, *keys, *duration, *rounds, *conns, *threads, *calibrate, *near, *cpuProfile)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hitpath:", err)
@@ -71,7 +73,7 @@ func serveBare(redisAddr, listen string) error {
 	return http.ListenAndServe(listen, mux)
 }
 
-func run(bin string, keys int, duration time.Duration, rounds, conns, threads int, calibrate bool) error {
+func run(bin string, keys int, duration time.Duration, rounds, conns, threads int, calibrate, near bool, cpuProfile string) error {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return errors.New("wrk is not installed (make deps-bench installs it)")
 	}
@@ -100,6 +102,14 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	cfg := filepath.Join(stack.Dir, "bench.yaml")
 	doc := fmt.Sprintf("listen: %q\nlog:\n  level: warn\nmysql:\n  dsn: %q\nredis:\n  addrs: [%q]\n  key_prefix: %q\nentities:\n  - name: items\n    ttl: 1h\n",
 		scAddr, dsn, stack.RedisAddr, prefix)
+	if near {
+		doc += "near_cache:\n  enabled: true\n"
+	}
+	pprofAddr := ""
+	if cpuProfile != "" {
+		pprofAddr = freeAddr()
+		doc += fmt.Sprintf("pprof_listen: %q\n", pprofAddr)
+	}
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		return err
 	}
@@ -157,12 +167,20 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 			return err
 		}
 	}
-	hitsBefore, err := hits(scAddr)
+	hitsBefore, err := metric(scAddr, hitLine)
+	if err != nil {
+		return err
+	}
+	nearBefore, err := metric(scAddr, nearLine)
 	if err != nil {
 		return err
 	}
 
-	fmt.Printf("hit path: sidecache vs a bare net/http handler doing one go-redis GET\n")
+	nearNote := ""
+	if near {
+		nearNote = ", near cache on"
+	}
+	fmt.Printf("hit path: sidecache%s vs a bare net/http handler doing one go-redis GET\n", nearNote)
 	fmt.Printf("wrk -t%d -c%d -d%s --latency, %d cached ids, %d alternating rounds, GOMAXPROCS %s, %d CPUs\n\n",
 		threads, conns, duration, keys, rounds, orDefault(os.Getenv("GOMAXPROCS"), "default"), numCPU())
 	fmt.Printf("%-6s %-10s %12s %10s %10s %10s\n", "round", "server", "req/s", "p50", "p99", "non-2xx")
@@ -179,8 +197,17 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 			if target.name == "bare" {
 				i = 1
 			}
+			profiled := make(chan error, 1)
+			if r == 1 && target.addr == scAddr && pprofAddr != "" {
+				go func() { profiled <- profile(pprofAddr, duration-time.Second, cpuProfile) }()
+			} else {
+				profiled <- nil
+			}
 			res, err := runWrk(ctx, target.addr, script, duration, conns, threads)
 			if err != nil {
+				return err
+			}
+			if err := <-profiled; err != nil {
 				return err
 			}
 			pair[i] = res
@@ -189,7 +216,11 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 		scRates, bareRates = append(scRates, pair[0].rate), append(bareRates, pair[1].rate)
 		ratios = append(ratios, pair[0].rate/pair[1].rate)
 	}
-	hitsAfter, err := hits(scAddr)
+	hitsAfter, err := metric(scAddr, hitLine)
+	if err != nil {
+		return err
+	}
+	nearAfter, err := metric(scAddr, nearLine)
 	if err != nil {
 		return err
 	}
@@ -198,11 +229,34 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 		total += r * duration.Seconds()
 	}
 	fmt.Printf("\nmedian req/s: %s %.0f, bare %.0f\n", measuredName, median(scRates), median(bareRates))
-	fmt.Printf("ratio %s/bare per round: %s; median %.3f (target >= 0.9)\n", measuredName, fmtRatios(ratios), median(ratios))
+	target := "0.95"
+	if near {
+		target = "2.0"
+	}
+	fmt.Printf("ratio %s/bare per round: %s; median %.3f (target >= %s)\n", measuredName, fmtRatios(ratios), median(ratios), target)
 	if !calibrate {
-		fmt.Printf("sidecache answered %.0f of about %.0f timed requests as X-Cache hits\n", hitsAfter-hitsBefore, total)
+		fmt.Printf("sidecache answered %.0f of about %.0f timed requests as X-Cache hits, %.0f of them from the near cache\n",
+			hitsAfter-hitsBefore, total, nearAfter-nearBefore)
 	}
 	return nil
+}
+
+// profile saves a CPU profile of d from the pprof endpoint at addr.
+func profile(addr string, d time.Duration, path string) error {
+	res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, res.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 type wrkResult struct {
@@ -249,10 +303,13 @@ func runWrk(ctx context.Context, addr, script string, d time.Duration, conns, th
 	return r, nil
 }
 
-var hitLine = regexp.MustCompile(`(?m)^sidecache_requests_total\{entity="items",outcome="hit"\} (\S+)$`)
+var (
+	hitLine  = regexp.MustCompile(`(?m)^sidecache_requests_total\{entity="items",outcome="hit"\} (\S+)$`)
+	nearLine = regexp.MustCompile(`(?m)^sidecache_near_cache_hits_total (\S+)$`)
+)
 
-// hits reads sidecache's own count of hits, to show the load measured the hit path.
-func hits(addr string) (float64, error) {
+// metric reads one of sidecache's counters (0 when absent), to show what the load measured.
+func metric(addr string, line *regexp.Regexp) (float64, error) {
 	res, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return 0, err
@@ -262,7 +319,7 @@ func hits(addr string) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	m := hitLine.FindSubmatch(b)
+	m := line.FindSubmatch(b)
 	if m == nil {
 		return 0, nil
 	}
