@@ -125,6 +125,7 @@ func TestParseErrors(t *testing.T) {
 		{"key as a map", minimal + "    key: {a: 1}\n", []string{"column name or a list"}},
 		{"near cache with Sentinel", minimal + "near_cache: {enabled: true}\nredis: {master_name: m, addrs: [\"h:26379\"]}\n", []string{"near_cache.enabled", "Sentinel"}},
 		{"near cache with Cluster", minimal + "near_cache: {enabled: true}\nredis: {addrs: [\"a:1\", \"b:1\"]}\n", []string{"near_cache.enabled", "Cluster"}},
+		{"profiler off loopback", minimal + "pprof_listen: \"0.0.0.0:6060\"\n", []string{"pprof_listen", "loopback"}},
 		{"near cache size", minimal + "near_cache: {enabled: true, max_entries: -1}\n", []string{"near_cache.max_entries"}},
 		{"near cache staleness", minimal + "near_cache: {enabled: true, max_staleness: -1s}\n", []string{"near_cache.max_staleness"}},
 		{"lookup name", minimal + "    lookups: [{name: By/Email, columns: [email]}]\ncdc: {enabled: true}\n", []string{"lookups[0].name"}},
