@@ -53,6 +53,7 @@ type options struct {
 	writeRate  int
 	maxDBRate  int
 	noDegraded bool
+	near       bool
 	warmup     time.Duration
 	outage     time.Duration
 	after      time.Duration
@@ -72,6 +73,7 @@ func main() {
 	flag.IntVar(&o.writeRate, "write-rate", 200, "updates and inserts per second")
 	flag.IntVar(&o.maxDBRate, "max-db-rate", 100, "degraded.max_db_rate of each sidecar")
 	flag.BoolVar(&o.noDegraded, "no-degraded", false, "leave degraded out of the config (for a sidecache that does not know it)")
+	flag.BoolVar(&o.near, "near", false, "turn the sidecars' near cache on (near_cache.enabled; not with -scenario sentinel)")
 	flag.DurationVar(&o.warmup, "warmup", 10*time.Second, "load before Redis goes away")
 	flag.DurationVar(&o.outage, "outage", 8*time.Second, "how long Redis stays down (kill, unavailable, hang)")
 	flag.DurationVar(&o.after, "after", 12*time.Second, "load after Redis is back")
@@ -226,6 +228,9 @@ func config(o options, stack *devstack.Stack, mode, dsn, listen string, serverID
 	degraded := fmt.Sprintf("degraded: {mode: %s, max_db_rate: %d}\n", mode, o.maxDBRate)
 	if o.noDegraded {
 		degraded = ""
+	}
+	if o.near {
+		degraded += "near_cache: {enabled: true}\n"
 	}
 	return fmt.Sprintf(`listen: %q
 log: {level: warn, format: text}
