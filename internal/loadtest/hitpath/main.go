@@ -143,6 +143,7 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 			return err
 		}
 	}
+	idleRSS, _ := memKiB(sc.cmd.Process.Pid, "VmRSS")
 
 	// Warm: every id is loaded once through sidecache, so every later read is a hit.
 	for id := 1; id <= keys; id++ {
@@ -224,6 +225,8 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	if err != nil {
 		return err
 	}
+	loadRSS, _ := memKiB(sc.cmd.Process.Pid, "VmRSS")
+	peakRSS, _ := memKiB(sc.cmd.Process.Pid, "VmHWM")
 	var total float64
 	for _, r := range scRates {
 		total += r * duration.Seconds()
@@ -234,6 +237,8 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 		target = "2.0"
 	}
 	fmt.Printf("ratio %s/bare per round: %s; median %.3f (target >= %s)\n", measuredName, fmtRatios(ratios), median(ratios), target)
+	fmt.Printf("sidecache RSS: %.1f MiB idle (started, nothing cached), %.1f MiB after the load, %.1f MiB at its peak\n",
+		float64(idleRSS)/1024, float64(loadRSS)/1024, float64(peakRSS)/1024)
 	if !calibrate {
 		fmt.Printf("sidecache answered %.0f of about %.0f timed requests as X-Cache hits, %.0f of them from the near cache\n",
 			hitsAfter-hitsBefore, total, nearAfter-nearBefore)
@@ -257,6 +262,20 @@ func profile(addr string, d time.Duration, path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// memKiB reads a memory figure (VmRSS, VmHWM) of process pid, in KiB.
+func memKiB(pid int, field string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 type wrkResult struct {
