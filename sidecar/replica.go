@@ -48,9 +48,10 @@ type head struct {
 	pos gomysql.GTIDSet
 }
 
-// openReplica opens the replica's pool and a source whose loads and scans read it (its schema
-// checks read the primary, as the binlog tail does); the cleanup closes both.
-func openReplica(ctx context.Context, cfg *config.Config, primary *sql.DB, schema string,
+// openReplica opens the replica's pool and a source whose loads and scans read it, with the
+// entities checked already checked against the primary's schema, which the binlog tail reads
+// too; the cleanup closes both.
+func openReplica(ctx context.Context, cfg *config.Config, checked *mysqlsource.Source, primary *sql.DB,
 	reg prometheus.Registerer, log *slog.Logger) (*replica, func() error, error) {
 	db, _, err := mysqlsource.Open(cfg.MySQL.ReplicaDSN, cfg.MySQL.MaxOpenConns)
 	if err != nil {
@@ -61,13 +62,7 @@ func openReplica(ctx context.Context, cfg *config.Config, primary *sql.DB, schem
 		db.Close()
 		return nil, nil, fmt.Errorf("mysql: cannot connect to the replica (mysql.replica_dsn): %w", err)
 	}
-	source, err := mysqlsource.New(ctx, primary, schema, sourceSpecs(cfg), cfg.MySQL.QueryTimeout.D())
-	if err == nil {
-		err = source.ReadFrom(ctx, db)
-		if err != nil {
-			source.Close()
-		}
-	}
+	source, err := checked.Reading(ctx, db)
 	if err != nil {
 		db.Close()
 		return nil, nil, err

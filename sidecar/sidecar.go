@@ -100,7 +100,7 @@ func New(ctx context.Context, opts Options) (_ *Sidecar, err error) {
 	s.source, s.loads = source, source
 	s.cleanups = append(s.cleanups, cleanup)
 	if cfg.MySQL.ReplicaDSN != "" {
-		if s.replica, cleanup, err = openReplica(ctx, cfg, primary, schema, reg, s.log); err != nil {
+		if s.replica, cleanup, err = openReplica(ctx, cfg, source, primary, reg, s.log); err != nil {
 			return nil, err
 		}
 		s.loads = s.replica.source

@@ -109,7 +109,7 @@ type Cascade struct {
 // Source loads rows of the configured entities.
 type Source struct {
 	db *sql.DB // the schema checks
-	// reads serves loads and scans: db, or a replica after ReadFrom.
+	// reads serves loads and scans: db, or a replica (Reading).
 	reads    *sql.DB
 	schema   string
 	timeout  time.Duration
@@ -290,7 +290,7 @@ func (s *Source) check(ctx context.Context, ce Spec, mariadb bool) ([]*Entity, e
 	return entities, nil
 }
 
-// keyParts describes the key columns names.
+// keyParts describes the columns names, in order, as a key: each of a type a key may have.
 func keyParts(names []string, cols []schemaColumn, byName map[string]*schemaColumn) (Key, error) {
 	var key Key
 	for _, n := range names {
@@ -491,14 +491,8 @@ func matchKey(want, pk []string, byName map[string]*schemaColumn, table string) 
 			return fmt.Errorf("column %q does not exist in table %q", n, table)
 		}
 	}
-	if len(want) == len(pk) {
-		same := true
-		for i := range pk {
-			same = same && strings.EqualFold(want[i], pk[i])
-		}
-		if same {
-			return nil
-		}
+	if slices.EqualFunc(want, pk, strings.EqualFold) {
+		return nil
 	}
 	if len(pk) == 1 {
 		return fmt.Errorf("%q is not the primary key of table %q (the primary key is %q)", strings.Join(want, ", "), table, pk[0])
@@ -554,25 +548,23 @@ func quote(ident string) string { return "`" + strings.ReplaceAll(ident, "`", "`
 // Entity returns the checked entity called name, or nil.
 func (s *Source) Entity(name string) *Entity { return s.entities[name] }
 
-// ReadFrom makes loads and scans read db (a replica of the database the schema checks read)
-// from now on. Call it before serving; the caller owns db.
-func (s *Source) ReadFrom(ctx context.Context, db *sql.DB) error {
+// Reading returns a Source with s's checked entities whose loads and scans read db (a replica
+// of the database s checked): the schema is not read again, only the row queries are prepared
+// on db. The caller owns db, and closes the returned Source apart from s.
+func (s *Source) Reading(ctx context.Context, db *sql.DB) (*Source, error) {
+	r := &Source{db: s.db, reads: db, schema: s.schema, timeout: s.timeout, entities: make(map[string]*Entity, len(s.entities)),
+		lowerCaseNames: s.lowerCaseNames}
 	for name, e := range s.entities {
-		one, err := db.PrepareContext(ctx, e.query+e.match(1))
-		if err != nil {
-			return fmt.Errorf("mysql: preparing the query for entity %q on the replica: %w", name, err)
+		re := &Entity{Name: e.Name, Table: e.Table, Key: e.Key, Columns: e.Columns, Cascades: e.Cascades, many: make(map[int]*sql.Stmt),
+			query: e.query, scanFirst: e.scanFirst, scanNext: e.scanNext, last: e.last}
+		var err error
+		if re.one, err = db.PrepareContext(ctx, re.query+re.match(1)); err != nil {
+			r.Close()
+			return nil, fmt.Errorf("mysql: preparing the query for entity %q on the replica: %w", name, err)
 		}
-		e.mu.Lock()
-		e.one.Close()
-		e.one = one
-		for n, st := range e.many {
-			st.Close()
-			delete(e.many, n)
-		}
-		e.mu.Unlock()
+		r.entities[name] = re
 	}
-	s.reads = db
-	return nil
+	return r, nil
 }
 
 // Ping checks that MySQL (and the replica loads read, if any) answers.
