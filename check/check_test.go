@@ -214,9 +214,9 @@ func TestCompositeKeys(t *testing.T) {
 		t.Errorf("lasting %s", got)
 	}
 	// A sample takes the six cached keys and fills up from the table, by random starts in its
-	// first column, each reading the next 16 ids. Its 24 tries of 16 among 400 rows cover about
-	// 250 distinct ids on average; fewer than the 84 needed would take almost every start to
-	// land on the same few values of the first column, which does not happen in practice.
+	// first column (50 values, 8 rows each), each reading the next 16 ids: at least the 8 rows
+	// of its value. Fewer than the 84 ids needed means its 24 uniform starts fell on at most 10
+	// of the 50 values: probability below C(50,10)·(10/50)^24 < 2e-7.
 	rep = g.run(c, check.Round{Sample: 100})
 	if n := rep.Total.Checked + rep.Total.NotCached; rep.Total.Checked != 6 || n < 90 || n > 100 {
 		t.Errorf("a sample of 100: %+v", rep.Total)

@@ -2,7 +2,6 @@ package sidecar_test
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -112,8 +111,7 @@ func TestLookups(t *testing.T) {
   UNIQUE KEY (email), UNIQUE KEY (slug));
 INSERT INTO users VALUES (1, 'ann@example.com', 'ann', 'Oslo'), (2, NULL, 'invalidate', 'Rome')`)
 	// Lookups need the binlog tail: only it sees a lookup value change.
-	tail := fmt.Sprintf("cdc:\n  enabled: true\n  flavor: mariadb\n  server_id: %d\n  dsn: %q\n  leader_ttl: 1s\n",
-		3000+time.Now().UnixNano()%1000, stack.DSN("root", "", e.name))
+	tail := e.tailConfig()
 	cfg, err := e.config(tail + "entities:\n  - name: users\n    lookups: [{name: by-city, columns: [city]}]\n")
 	if err != nil {
 		t.Fatal(err)

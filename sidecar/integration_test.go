@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,16 @@ import (
 	"github.com/sidecache/sidecache/internal/devstack"
 	"github.com/sidecache/sidecache/sidecar"
 )
+
+// serverIDs numbers the binlog tails of the package's sidecars: two connections to one server
+// with the same replica id would end each other.
+var serverIDs atomic.Int32
+
+// tailConfig is the cdc: block that turns the binlog tail on for e's database.
+func (e *env) tailConfig() string {
+	return fmt.Sprintf("cdc:\n  enabled: true\n  flavor: mariadb\n  server_id: %d\n  dsn: %q\n  leader_ttl: 1s\n",
+		3000+serverIDs.Add(1), stack.DSN("root", "", e.name))
+}
 
 // env is one test's database, Redis key prefix and sidecar.
 type env struct {

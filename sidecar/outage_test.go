@@ -268,8 +268,7 @@ func TestSentinelFailover(t *testing.T) {
 // return, and only then used again.
 func TestNoStaleRowAfterRedisReturnsWithItsData(t *testing.T) {
 	e := newDB(t, itemsSchema)
-	e.start(fmt.Sprintf("cdc:\n  enabled: true\n  flavor: mariadb\n  server_id: %d\n  dsn: %q\n  leader_ttl: 1s\n",
-		3000+time.Now().UnixNano()%1000, stack.DSN("root", "", e.name)) + itemsEntity)
+	e.start(e.tailConfig() + itemsEntity)
 	devstack.EventuallyState(t, 20*time.Second, func() (bool, string) {
 		r := e.get("/v1/items/1")
 		return r.cache == "hit", fmt.Sprintf("before the hang: %d X-Cache=%q, want the row cached", r.status, r.cache)
