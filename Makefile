@@ -10,18 +10,20 @@ LISTEN  ?= 127.0.0.1:8080
 REPLICA ?=
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test soak deps deps-bench bench-hit outage vet clean
+.PHONY: all build run test soak deps deps-bench bench bench-hit outage demo demo-docs vet clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/sidecache
 
-# deps installs Debian's mariadb-server and redis-server when they are missing.
+# deps installs Debian's mariadb-server, redis-server and chromium (the demos' reports are
+# checked in it) when they are missing.
 deps:
 	@missing=""; \
 	[ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1 || missing="$$missing mariadb-server"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \
@@ -68,5 +70,24 @@ outage: deps build
 	$(GO) build -o bin/outage ./internal/loadtest/outage
 	bin/outage -bin $(BIN) -scenario $(SCENARIO) $(OUTAGE_FLAGS)
 
+# demo runs the fault-injection demos (DEMO: all, or one of breakdown, penetration, avalanche,
+# redis-outage, stale, failed-deletes), each on its own MariaDB and Redis, and writes
+# DEMO_OUT/NAME.html.
+DEMO ?= all
+DEMO_OUT ?= sidecache-demo
+demo: deps build
+	$(BIN) demo $(DEMO) --out $(DEMO_OUT)
+
+# demo-docs runs the demos and saves a screenshot of each report in docs/, as the README shows.
+CHROMIUM_FLAGS := --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+	--disable-background-networking --disable-component-update --disable-sync --window-size=1200,2400
+demo-docs: demo
+	@mkdir -p docs
+	@for f in $(DEMO_OUT)/*.html; do \
+		n=$$(basename $$f .html); profile=$$(mktemp -d); \
+		chromium $(CHROMIUM_FLAGS) --user-data-dir=$$profile --screenshot=docs/demo-$$n.png "file://$$(realpath $$f)" >/dev/null 2>&1; \
+		rm -rf $$profile; echo "docs/demo-$$n.png"; \
+	done
+
 clean:
-	rm -rf bin
+	rm -rf bin $(DEMO_OUT)

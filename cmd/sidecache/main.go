@@ -52,6 +52,8 @@ Usage:
                                     warm the cache; with no --ids, the whole table and the Bloom filter
   sidecache check --config FILE [--entity E] [--sample N | --all] [--rate R] [--every D]
                                     compare the cache with MySQL and report consistency in nines
+  sidecache demo NAME [--out DIR]   run a fault-injection demo (NAME or all) on its own MariaDB and
+                                    Redis, the protection off and on, and write DIR/NAME.html
   sidecache version                 print the version
 `
 
@@ -67,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return preload(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "sidecache %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
