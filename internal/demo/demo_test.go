@@ -159,3 +159,18 @@ func TestSlug(t *testing.T) {
 		}
 	}
 }
+
+// TestColorsApart: every variant of a demo has a colour of its own, so that the screenshot
+// check finds each one's charts and a reader tells them apart.
+func TestColorsApart(t *testing.T) {
+	for _, d := range All {
+		seen := map[color.RGBA]int{}
+		for v := range d.Variants {
+			c := colorOf(v, len(d.Variants))
+			if w, ok := seen[c]; ok {
+				t.Errorf("%s: variants %d and %d share a colour", d.Name, w, v)
+			}
+			seen[c] = v
+		}
+	}
+}

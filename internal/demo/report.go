@@ -97,14 +97,16 @@ var palette = []color.RGBA{
 	{R: 0x8e, G: 0x44, B: 0xad, A: 0xff},
 }
 
+// colorOf is variant v's colour of n: the first red, the last green, those between blue and
+// purple.
 func colorOf(v, n int) color.RGBA {
-	if n > 2 && v == n-1 {
-		return palette[1] // the last of several orders is sidecache's: green
+	switch {
+	case v == 0:
+		return palette[0]
+	case v == n-1:
+		return palette[1]
 	}
-	if n > 2 && v == 1 {
-		return palette[2]
-	}
-	return palette[v%len(palette)]
+	return palette[2+(v-1)%2]
 }
 
 // writeReport writes the demo's self-contained HTML report.
