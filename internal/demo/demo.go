@@ -96,7 +96,7 @@ func (s Series) Extra(name string) string {
 	return ""
 }
 
-// Run runs each demo's variants, on one MariaDB and Redis started for the purpose, and writes
+// Run runs each demo's variants, on a MariaDB and Redis started for each demo, and writes
 // OutDir/NAME.html for each.
 func Run(ctx context.Context, o Options) ([]Report, error) {
 	if o.Bucket <= 0 {
@@ -109,22 +109,12 @@ func Run(ctx context.Context, o Options) ([]Report, error) {
 		return nil, err
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Live, format+"\n", args...) }
-	logf("starting MariaDB and Redis ...")
-	stack, err := devstack.Start(ctx, devstack.Options{})
-	if err != nil {
-		return nil, err
-	}
-	defer stack.Stop()
 	var reports []Report
 	for _, d := range o.Demos {
 		logf("\n%s: %s", d.Name, d.Title)
-		runs := make([]Series, len(d.Variants))
-		for v := range d.Variants {
-			s, err := runOnce(ctx, stack, o, d, v, logf)
-			if err != nil {
-				return reports, fmt.Errorf("demo %s (%s): %w", d.Name, d.Variants[v].Short, err)
-			}
-			runs[v] = s
+		runs, err := runDemo(ctx, o, d, logf)
+		if err != nil {
+			return reports, err
 		}
 		path := filepath.Join(o.OutDir, d.Name+".html")
 		f, err := os.Create(path)
@@ -146,6 +136,23 @@ func Run(ctx context.Context, o Options) ([]Report, error) {
 		reports = append(reports, Report{Demo: d, Path: path, Runs: runs})
 	}
 	return reports, nil
+}
+
+// runDemo runs each of d's variants on a MariaDB and Redis of the demo's own.
+func runDemo(ctx context.Context, o Options, d *Demo, logf func(string, ...any)) ([]Series, error) {
+	logf("starting MariaDB and Redis ...")
+	stack, err := devstack.Start(ctx, devstack.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer stack.Stop()
+	runs := make([]Series, len(d.Variants))
+	for v := range d.Variants {
+		if runs[v], err = runOnce(ctx, stack, o, d, v, logf); err != nil {
+			return nil, fmt.Errorf("demo %s (%s): %w", d.Name, d.Variants[v].Short, err)
+		}
+	}
+	return runs, nil
 }
 
 // slug makes s a database name and key prefix: lower-case letters, digits and single '_'.
