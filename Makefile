@@ -10,25 +10,28 @@ LISTEN  ?= 127.0.0.1:8080
 REPLICA ?=
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test soak deps deps-bench bench bench-hit outage demo demo-docs vet clean
+.PHONY: all build run test soak deps deps-browser deps-bench bench bench-hit outage demo demo-docs vet clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/sidecache
 
-# deps installs Debian's mariadb-server, redis-server and chromium (the demos' reports are
-# checked in it) when they are missing.
+# deps installs Debian's mariadb-server and redis-server when they are missing.
 deps:
 	@missing=""; \
 	[ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1 || missing="$$missing mariadb-server"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# deps-browser installs Debian's chromium, in which the tests open the demos' reports.
+deps-browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 deps-bench: deps
 	@command -v wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
@@ -41,7 +44,7 @@ run: deps build
 vet:
 	$(GO) vet ./...
 
-test: deps vet
+test: deps deps-browser vet
 	SIDECACHE_INTEGRATION=required $(GO) test -race -count=1 -p 1 -timeout 30m ./...
 
 # soak runs the randomized consistency test (every key type, inserts, updates, key moves, bulk
@@ -81,7 +84,7 @@ demo: deps build
 # demo-docs runs the demos and saves a screenshot of each report in docs/, as the README shows.
 CHROMIUM_FLAGS := --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
 	--disable-background-networking --disable-component-update --disable-sync --window-size=1200,2400
-demo-docs: demo
+demo-docs: deps-browser demo
 	@mkdir -p docs
 	@for f in $(DEMO_OUT)/*.html; do \
 		n=$$(basename $$f .html); profile=$$(mktemp -d); \
