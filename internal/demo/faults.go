@@ -76,7 +76,7 @@ const (
 var avalanche = &Demo{
 	Name:  "avalanche",
 	Title: "Cache avalanche: a mass preload expiring together",
-	Explain: fmt.Sprintf("`sidecache preload` warms all %d rows of a table at once, with a TTL of %v, and clients "+
+	Explain: fmt.Sprintf("sidecache preload warms all %d rows of a table at once, with a TTL of %v, and clients "+
 		"then read random rows through 2 sidecars for %v. Without jitter every preloaded key expires in the same "+
 		"instant, and the next reads of all of them miss together; the keys loaded again then expire close together "+
 		"once more. With ttl_jitter 0.5 each key's TTL is drawn from %v ± 50%%, so the same expiries spread "+

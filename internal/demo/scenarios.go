@@ -132,7 +132,7 @@ var penetration = &Demo{
 	Explain: fmt.Sprintf("%d clients ask for random ids that no row has (the table holds ids 1 to %d) for %v. "+
 		"A cache holds rows, so without a guard every such read misses and becomes a SELECT, and an attacker "+
 		"who varies the id passes straight through to MySQL; null markers alone do not help when ids never repeat. "+
-		"With the Bloom filter (built by `sidecache preload` from a scan of the ids, then kept by the binlog tail) "+
+		"With the Bloom filter (built by sidecache preload from a scan of the ids, then kept by the binlog tail) "+
 		"an absent id is answered 404 from Redis without a query, and the filter never says absent for a row that "+
 		"exists. Watch MySQL's SELECTs fall to the filter's false-positive rate.",
 		penetrationReaders, penetrationRows, penetrationFor),
