@@ -190,6 +190,9 @@ func runOnce(ctx context.Context, stack *devstack.Stack, o Options, d *Demo, v i
 		return Series{}, err
 	}
 	defer root.Close()
+	// Writers and pollers share it: keep their connections, rather than open one a statement
+	// and leave thousands of sockets in TIME_WAIT.
+	root.SetMaxIdleConns(64)
 	rc := redis.NewClient(&redis.Options{Addr: stack.RedisAddr})
 	defer rc.Close()
 	if err := rc.FlushAll(ctx).Err(); err != nil {

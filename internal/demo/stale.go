@@ -95,7 +95,7 @@ func runWrites(ctx context.Context, env *Env, o writes) error {
 	// committed[id] is the newest version whose commit has returned (and, for the orders that
 	// delete after, whose delete has too).
 	committed := make([]atomic.Int64, staleRows+1)
-	client := &http.Client{Timeout: 10 * time.Second}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: staleWriters}}
 	var appFailed atomic.Int64
 	del := func(ctx context.Context, key string) error {
 		if o.appDeleteFailure > 0 && rand.Float64() < o.appDeleteFailure {
