@@ -597,7 +597,8 @@ func (t *Tail) tail(ctx context.Context, stop context.CancelCauseFunc) error {
 		DisableRetrySync: true,
 		// Parsed events waiting to be processed: a bounded buffer keeps a huge transaction's
 		// memory bounded too.
-		EventCacheCount: 64,
+		EventCacheCount:     64,
+		RowsEventDecodeFunc: t.decodeRows,
 	})
 	defer syncer.Close()
 	stream, s, err := t.start(ctx, syncer)

@@ -337,10 +337,7 @@ func (s *session) mark() { s.marked = true }
 // rows turns a row event of a tailed table into keys to delete and ids to add to filters.
 func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 	t := s.t
-	if t.fold(string(e.Table.Schema)) != t.fold(t.o.Schema) {
-		return
-	}
-	targets := t.tables[t.fold(string(e.Table.Table))]
+	targets := t.targets(e.Table)
 	if len(targets) == 0 {
 		return
 	}
@@ -415,6 +412,26 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 			s.xa.w.keys, s.xa.w.adds = map[string]struct{}{}, nil
 		}
 	}
+}
+
+// targets returns the targets of the table a row event changed: none for a table that is not
+// tailed.
+func (t *Tail) targets(tm *replication.TableMapEvent) []Target {
+	if t.fold(string(tm.Schema)) != t.fold(t.o.Schema) {
+		return nil
+	}
+	return t.tables[t.fold(string(tm.Table))]
+}
+
+// decodeRows is the syncer's decoder of row events: it decodes the rows of tailed tables only.
+// The rows of every other table are never read, and decoding them, every column of every
+// image, would cost the syncer as much as those of the tailed ones.
+func (t *Tail) decodeRows(e *replication.RowsEvent, data []byte) error {
+	pos, err := e.DecodeHeader(data)
+	if err != nil || len(t.targets(e.Table)) == 0 {
+		return err
+	}
+	return e.DecodeData(pos, data)
 }
 
 // nullLookup is keyReader's id of a lookup's image with a NULL in its columns: no id has it,
