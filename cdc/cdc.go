@@ -597,7 +597,8 @@ func (t *Tail) tail(ctx context.Context, stop context.CancelCauseFunc) error {
 		DisableRetrySync: true,
 		// Parsed events waiting to be processed: a bounded buffer keeps a huge transaction's
 		// memory bounded too.
-		EventCacheCount: 64,
+		EventCacheCount:     64,
+		RowsEventDecodeFunc: t.decodeRows,
 	})
 	defer syncer.Close()
 	stream, s, err := t.start(ctx, syncer)
@@ -619,41 +620,64 @@ func (t *Tail) tail(ctx context.Context, stop context.CancelCauseFunc) error {
 		close(queue)
 		<-saverDone
 	}()
-	s.queue = queue
+	// The flusher submits the batches the loop cuts, in binlog order, and queues them for the
+	// saver. A submit that fails ends the loop with its error.
+	lctx, cancel := context.WithCancelCause(ctx)
+	f := newFlusher()
+	flushDone := make(chan struct{})
+	go func() {
+		defer close(flushDone)
+		if err := t.flush(lctx, f, queue); err != nil {
+			cancel(err)
+		}
+	}()
+	defer func() {
+		cancel(nil)
+		<-flushDone
+	}()
 	// The drops of uncovered entities, and the first checkpoint (it says which entities this
 	// leader covers), go first: no checkpoint covering them is saved before they are done.
 	s.mark()
-	if err := s.flush(ctx); err != nil {
-		return err
+	if err := f.hand(lctx, s.cut()); err != nil {
+		return t.loopErr(ctx, lctx, err)
 	}
 
+	// Events the syncer has parsed and the loop has not: while there are some, the loop adds
+	// them to the batch; once there are none and the batch holds a change, it is handed to the
+	// flusher at once, so a commit's deletes do not wait for more events that may not come.
+	var parsed []*replication.BinlogEvent
 	for {
-		var ev *replication.BinlogEvent
-		if s.dirty() {
-			// Something waits to be flushed: flush as soon as the stream pauses.
-			gctx, cancel := context.WithTimeout(ctx, 2*time.Millisecond)
-			ev, err = stream.GetEvent(gctx)
-			cancel()
-			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-				if err := s.flush(ctx); err != nil {
-					return err
-				}
-				continue
-			}
-		} else {
-			ev, err = stream.GetEvent(ctx)
+		if len(parsed) == 0 {
+			parsed = stream.DumpEvents()
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		if len(parsed) == 0 && s.dirty() {
+			if err := f.hand(lctx, s.cut()); err != nil {
+				return t.loopErr(ctx, lctx, err)
 			}
-			return fmt.Errorf("cdc: binlog stream: %w", err)
+		}
+		var ev *replication.BinlogEvent
+		if len(parsed) > 0 {
+			ev, parsed = parsed[0], parsed[1:]
+		} else if ev, err = stream.GetEvent(lctx); err != nil {
+			return t.loopErr(ctx, lctx, fmt.Errorf("cdc: binlog stream: %w", err))
 		}
 		s.event(ev)
 		if s.full() {
-			if err := s.flush(ctx); err != nil {
-				return err
+			if err := f.hand(lctx, s.cut()); err != nil {
+				return t.loopErr(ctx, lctx, err)
 			}
 		}
 	}
+}
+
+// loopErr is what ends the event loop: nothing when ctx ended, the flusher's error when it
+// failed (and so ended lctx), err otherwise.
+func (t *Tail) loopErr(ctx, lctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case lctx.Err() != nil:
+		return context.Cause(lctx)
+	}
+	return err
 }

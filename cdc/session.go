@@ -1,7 +1,6 @@
 package cdc
 
 import (
-	"context"
 	"maps"
 	"slices"
 	"strconv"
@@ -13,7 +12,6 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/sidecache/sidecache/internal/keys"
-	"github.com/sidecache/sidecache/invalidation"
 )
 
 // flushAt is how many keys (or ids to add to a filter) a batch holds before it is flushed, even
@@ -31,7 +29,14 @@ type work struct {
 }
 
 func newWork() work {
-	return work{keys: map[string]struct{}{}, adds: map[string][]string{}, drops: map[string]string{}}
+	return work{keys: map[string]struct{}{}}
+}
+
+// reset empties w for the next batch. The key set is cleared and kept, so that a batch after a
+// big one does not grow it again; adds and drops went to the batch and are made anew on use.
+func (w *work) reset() {
+	clear(w.keys)
+	w.adds, w.drops, w.n = nil, nil, 0
 }
 
 func (w *work) key(k string) {
@@ -42,11 +47,17 @@ func (w *work) key(k string) {
 }
 
 func (w *work) add(entity, id string) {
+	if w.adds == nil {
+		w.adds = map[string][]string{}
+	}
 	w.adds[entity] = append(w.adds[entity], id)
 	w.n++
 }
 
 func (w *work) drop(entity, reason string) {
+	if w.drops == nil {
+		w.drops = map[string]string{}
+	}
 	if _, ok := w.drops[entity]; !ok {
 		w.drops[entity] = reason
 	}
@@ -81,7 +92,6 @@ func (x *xaChanges) names() []string { return slices.Sorted(maps.Keys(x.entities
 // flushed.
 type session struct {
 	t      *Tail
-	queue  chan<- pending
 	cp     Checkpoint // as of the last commit point processed
 	stored []byte     // the checkpoint in Redis when the session began, nil for none
 
@@ -327,10 +337,7 @@ func (s *session) mark() { s.marked = true }
 // rows turns a row event of a tailed table into keys to delete and ids to add to filters.
 func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 	t := s.t
-	if t.fold(string(e.Table.Schema)) != t.fold(t.o.Schema) {
-		return
-	}
-	targets := t.tables[t.fold(string(e.Table.Table))]
+	targets := t.targets(e.Table)
 	if len(targets) == 0 {
 		return
 	}
@@ -402,9 +409,29 @@ func (s *session) rows(typ replication.EventType, e *replication.RowsEvent) {
 			for en := range s.xa.entities {
 				s.drop(en, "xa")
 			}
-			s.xa.w.keys, s.xa.w.adds = map[string]struct{}{}, map[string][]string{}
+			s.xa.w.keys, s.xa.w.adds = map[string]struct{}{}, nil
 		}
 	}
+}
+
+// targets returns the targets of the table a row event changed: none for a table that is not
+// tailed.
+func (t *Tail) targets(tm *replication.TableMapEvent) []Target {
+	if t.fold(string(tm.Schema)) != t.fold(t.o.Schema) {
+		return nil
+	}
+	return t.tables[t.fold(string(tm.Table))]
+}
+
+// decodeRows is the syncer's decoder of row events: it decodes the rows of tailed tables only.
+// The rows of every other table are never read, and decoding them, every column of every
+// image, would cost the syncer as much as those of the tailed ones.
+func (t *Tail) decodeRows(e *replication.RowsEvent, data []byte) error {
+	pos, err := e.DecodeHeader(data)
+	if err != nil || len(t.targets(e.Table)) == 0 {
+		return err
+	}
+	return e.DecodeData(pos, data)
 }
 
 // nullLookup is keyReader's id of a lookup's image with a NULL in its columns: no id has it,
@@ -631,13 +658,11 @@ func (s *session) waitGTID() string {
 	return set.String()
 }
 
-// flush hands the batch to invalidation, which resets the filters of dropped entities and adds
-// the ids inserted (or moved to) before it runs the first pass of every key and drop; the
-// batch's checkpoint is queued behind its second pass.
-func (s *session) flush(ctx context.Context) error {
-	t := s.t
-	w := s.w
-	var cp *Checkpoint
+// cut takes the session's work as a batch for the flusher and starts the next: the keys, the
+// ids to add, the drops, and, after a commit point, the checkpoint the batch lets the saver
+// reach.
+func (s *session) cut() batch {
+	b := batch{position: s.cp.String(), gtid: s.waitGTID(), at: s.first, adds: s.w.adds, drops: s.w.drops, n: s.w.n}
 	if s.marked {
 		c := s.cp
 		c.Prepared = nil
@@ -647,52 +672,15 @@ func (s *session) flush(ctx context.Context) error {
 				c.Prepared[xid] = x.names()
 			}
 		}
-		cp = &c
+		b.cp = &c
 	}
-	at := s.first
-	s.w, s.marked, s.first = newWork(), false, time.Time{}
-
-	drops := slices.Sorted(maps.Keys(w.drops))
-	var resets []string
-	for _, e := range drops {
-		if t.filtered[e] {
-			resets = append(resets, e)
+	if len(s.w.keys) > 0 {
+		b.keys = make([]string, 0, len(s.w.keys))
+		for k := range s.w.keys {
+			b.keys = append(b.keys, k)
 		}
 	}
-	for _, e := range drops {
-		t.m.drops.WithLabelValues(e, w.drops[e]).Inc()
-	}
-	keys := make([]string, 0, len(w.keys))
-	for k := range w.keys {
-		keys = append(keys, k)
-	}
-	position := s.cp.String()
-	_, done, err := t.o.Invalidator.Submit(ctx, invalidation.Change{
-		Keys: keys, Entities: drops, Adds: w.adds, Resets: resets, Position: position, GTID: s.waitGTID(),
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil // ctx ended; the checkpoint was not advanced past these
-		}
-		return err
-	}
-	if at.IsZero() {
-		at = time.Now()
-	}
-	if len(keys) > 0 {
-		t.m.lag.Observe(time.Since(at).Seconds())
-	}
-	if cp != nil {
-		// Processed, for "caught up", means the first pass is done (or handed to Kafka), not
-		// merely parsed.
-		t.setProcessed(*cp)
-	}
-	t.mu.Lock()
-	t.oldest = append(t.oldest, at)
-	t.mu.Unlock()
-	select {
-	case s.queue <- pending{cp: cp, done: done}:
-	case <-ctx.Done():
-	}
-	return nil
+	s.w.reset()
+	s.marked, s.first = false, time.Time{}
+	return b
 }
