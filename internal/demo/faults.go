@@ -19,8 +19,8 @@ import (
 var failedDeletes = &Demo{
 	Name:  "failed-deletes",
 	Title: "Failed deletes: 20% of cache deletes failing, with and without retries through Kafka",
-	Explain: fmt.Sprintf("The stale-data demo's %d writers and %d readers again, but one cache delete in five fails, as "+
-		"it does when Redis times out, fails over or is restarted. An application that deletes the key after its "+
+	Explain: fmt.Sprintf("The stale-data demo's %d writers and %d readers again, but one cache DEL command in five fails, "+
+		"as one does when Redis times out, fails over or is restarted (the binlog tail's DELs carry up to 128 keys each). An application that deletes the key after its "+
 		"update and moves on leaves every key whose delete failed stale, to be served until its TTL ends (an hour "+
 		"here). sidecache's binlog tail hands each failed delete to Kafka (here an in-process Kafka, kfake), and its "+
 		"retry workers delete the key again with backoff until Redis takes it; the checkpoint never passes a change "+
