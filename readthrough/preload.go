@@ -28,7 +28,7 @@ type Scanner interface {
 
 // Defaults of PreloadOptions.
 const (
-	DefaultBatch   = 1000
+	DefaultBatch   = 2000
 	DefaultWorkers = 4
 )
 
