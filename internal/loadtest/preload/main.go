@@ -159,8 +159,9 @@ func run(bin string, rows, runs, batch int, cpuProfile string) error {
 
 var summary = regexp.MustCompile(`preloaded items: (\d+) rows in (\S+) \(`)
 
-// preloadProc runs the binary and returns the rows and the time its summary reports (the
-// preload's own, past process start and the schema checks) and the CPU time the process used.
+// preloadProc runs the binary, passes its summary on to stderr, and returns the rows and the
+// time the summary reports (the preload's own, past process start and the schema checks) and
+// the CPU time the process used.
 func preloadProc(ctx context.Context, bin string, args ...string) (rows int64, secs, rate, cpu float64, err error) {
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stderr = os.Stderr
@@ -169,6 +170,7 @@ func preloadProc(ctx context.Context, bin string, args ...string) (rows int64, s
 	if err != nil {
 		return 0, 0, 0, 0, fmt.Errorf("%s: %w\n%s", bin, err, out)
 	}
+	os.Stderr.Write(out) // its summary, beside its progress lines
 	m := summary.FindSubmatch(out)
 	if m == nil {
 		return 0, 0, 0, 0, fmt.Errorf("no summary in the preload's output:\n%s", out)
