@@ -277,30 +277,32 @@ redis.call('HSET', KEYS[1], 'build', slot, 'build_m', ARGV[1], 'build_k', ARGV[2
   'v', ARGV[4], 'build_beat', ARGV[5])
 return slot`
 
-// buildAdd: KEYS meta, build bits; ARGV token, now ms, positions... → 1 done, 0 taken over,
-// -2 the build bitmap is gone.
-const buildAddScript = `
+// buildBeat: KEYS meta, build bits; ARGV token, now ms → 1 the build goes on, 0 it was taken
+// over, -2 its bitmap is gone. The scan's own bits are not sent until Commit.
+const buildBeatScript = `
 if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
-for i = 3, #ARGV do redis.call('SETBIT', KEYS[2], ARGV[i], 1) end
 redis.call('HSET', KEYS[1], 'build_beat', ARGV[2])
 return 1`
 
-// commit: KEYS meta, bits a, bits b; ARGV token, version → 1 switched, 0 the build was taken
-// over, -2 its bitmap is gone.
+// commit: KEYS meta, bits a, bits b, the scan's bits; ARGV token, version → 1 switched, 0 the
+// build was taken over, -2 its bitmap is gone. The scan's bits are ORed into the new bitmap,
+// which holds the ids added since the build began, and dropped.
 const commitScript = `
-if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return 0 end
+local function done(r) redis.call('DEL', KEYS[4]) return r end
+if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return done(0) end
 local old = redis.call('HGET', KEYS[1], 'cur')
 local slot = redis.call('HGET', KEYS[1], 'build')
 local bits = KEYS[2]
 if slot == 'b' then bits = KEYS[3] end
-if redis.call('EXISTS', bits) == 0 then return -2 end
+if redis.call('EXISTS', bits) == 0 then return done(-2) end
+redis.call('BITOP', 'OR', bits, bits, KEYS[4])
 redis.call('HSET', KEYS[1], 'cur', slot,
   'cur_m', redis.call('HGET', KEYS[1], 'build_m'), 'cur_k', redis.call('HGET', KEYS[1], 'build_k'),
   'build', '', 'build_m', '0', 'build_k', '0', 'build_token', '', 'v', ARGV[2])
 if old == 'a' and slot == 'b' then redis.call('DEL', KEYS[2]) end
 if old == 'b' and slot == 'a' then redis.call('DEL', KEYS[3]) end
-return 1`
+return done(1)`
 
 // abort: KEYS meta, bits a, bits b; ARGV token, version → 1 aborted, 0 not ours.
 const abortScript = `
@@ -316,13 +318,19 @@ const resetScript = `
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return 1`
 
-// Build is a rebuild under way. The current filter answers until Commit.
+// Build is a rebuild under way. The current filter answers until Commit. Its Add and Commit
+// may be called from several goroutines.
 type Build struct {
 	f      *Filters
 	entity string
 	slot   string
 	params Params
 	token  string
+
+	// The bits of the scan's ids are set here, in Redis's bit order, and sent once, at Commit:
+	// setting a scan's bits one command each cost Redis more than warming its rows did.
+	mu   sync.Mutex
+	bits []byte
 }
 
 // ErrTakenOver means another rebuild began after this one (or the filter was reset); this one
@@ -336,7 +344,7 @@ var ErrBuildLost = errors.New("bloom: the rebuild's bitmap was lost from Redis")
 // Begin starts a rebuild sized by params. From now on Add writes to the new bitmap too, so
 // ids added during the scan are not lost. A later Begin takes over from an unfinished one.
 func (f *Filters) Begin(ctx context.Context, entity string, params Params) (*Build, error) {
-	b := &Build{f: f, entity: entity, params: params, token: keys.Token()}
+	b := &Build{f: f, entity: entity, params: params, token: keys.Token(), bits: make([]byte, (params.M+7)/8)}
 	slot, err := f.rdb.Eval(ctx, beginScript, f.allKeys(entity), params.M, params.K, b.token, keys.Token(), time.Now().UnixMilli()).Text()
 	if err != nil {
 		return nil, err
@@ -350,20 +358,22 @@ func (f *Filters) allKeys(entity string) []string {
 	return []string{f.metaKey(entity), f.bitsKey(entity, "a"), f.bitsKey(entity, "b")}
 }
 
-// Add sets the bits of ids in the new bitmap only: the scan's part of the rebuild. It fails
-// with ErrTakenOver or ErrBuildLost when the rebuild cannot commit any more.
+// Add sets the bits of ids in the new filter only: the scan's part of the rebuild. They reach
+// Redis with Commit. It fails with ErrTakenOver or ErrBuildLost when the rebuild cannot commit
+// any more.
 func (b *Build) Add(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	args := make([]any, 0, 2+len(ids)*int(b.params.K))
-	args = append(args, b.token, time.Now().UnixMilli())
+	b.mu.Lock()
 	for _, id := range ids {
 		for _, pos := range b.params.positions(id) {
-			args = append(args, pos)
+			b.bits[pos>>3] |= 0x80 >> (pos & 7) // Redis numbers a byte's bits from the high one
 		}
 	}
-	n, err := b.f.rdb.Eval(ctx, buildAddScript, []string{b.f.metaKey(b.entity), b.f.bitsKey(b.entity, b.slot)}, args...).Int64()
+	b.mu.Unlock()
+	n, err := b.f.rdb.Eval(ctx, buildBeatScript, []string{b.f.metaKey(b.entity), b.f.bitsKey(b.entity, b.slot)},
+		b.token, time.Now().UnixMilli()).Int64()
 	return buildResult(n, err)
 }
 
@@ -381,7 +391,24 @@ func buildResult(n int64, err error) error {
 
 // Commit makes the new bitmap the filter, atomically, and drops the old one.
 func (b *Build) Commit(ctx context.Context) error {
-	n, err := b.f.rdb.Eval(ctx, commitScript, b.f.allKeys(b.entity), b.token, keys.Token()).Int64()
+	// The scan's bits go to a key of their own (the build's token in its name, so a build that
+	// was taken over cannot write into its successor's), which the commit script merges and
+	// drops; it expires by itself if this process dies before then.
+	scan := b.f.bitsKey(b.entity, "scan:"+b.token)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	const piece = 1 << 20 // bytes per command
+	_, err := b.f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for off := 0; off < len(b.bits); off += piece {
+			p.SetRange(ctx, scan, int64(off), string(b.bits[off:min(off+piece, len(b.bits))]))
+		}
+		p.PExpire(ctx, scan, time.Minute)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	n, err := b.f.rdb.Eval(ctx, commitScript, append(b.f.allKeys(b.entity), scan), b.token, keys.Token()).Int64()
 	if err := buildResult(n, err); err != nil {
 		return err
 	}

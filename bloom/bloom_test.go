@@ -150,12 +150,13 @@ func TestAbortKeepsCurrentFilter(t *testing.T) {
 }
 
 func TestLaterBuildTakesOver(t *testing.T) {
-	f, _, _, _ := newFilters(t)
+	f, _, rc, prefix := newFilters(t)
 	ctx := context.Background()
 	params := mustSize(t, 1000, 0.01)
 	stale, _ := f.Begin(ctx, "items", params)
 	fresh, _ := f.Begin(ctx, "items", params) // e.g. the first preload crashed and another started
 	fresh.Add(ctx, ids(0, 100))
+	stale.Add(ctx, ids(500, 600))
 	if err := stale.Commit(ctx); !errors.Is(err, bloom.ErrTakenOver) {
 		t.Fatalf("the superseded build committed: %v", err)
 	}
@@ -164,6 +165,13 @@ func TestLaterBuildTakesOver(t *testing.T) {
 	}
 	if n := absentCount(t, f, ids(0, 100)); n != 0 {
 		t.Fatalf("%d false negatives", n)
+	}
+	// The superseded build's scan bits reached neither bitmap, and no commit left them behind.
+	if n := absentCount(t, f, ids(500, 600)); n < 90 {
+		t.Errorf("only %d of 100 ids of the superseded build are absent: its bits reached the filter", n)
+	}
+	if keys := rc.Keys(ctx, prefix+"*").Val(); len(keys) != 2 {
+		t.Errorf("keys after the commits: %v, want the meta and one bitmap", keys)
 	}
 }
 

@@ -70,6 +70,43 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return 0`
 
+	// acquireMissingMany is acquireMissing for many keys: KEYS value, lease, value, lease, ...;
+	// ARGV token, lease ms. Returns acquireMissing's answer for each pair. It reads a lease's
+	// owner only when it could not take it: a warm finds most leases free.
+	acquireMissingMany = `
+local out = {}
+for i = 1, #KEYS, 2 do
+  local r = 0
+  if redis.call('EXISTS', KEYS[i]) == 1 then r = 1
+  elseif redis.call('SET', KEYS[i+1], ARGV[1], 'NX', 'PX', ARGV[2]) then r = 2
+  elseif redis.call('GET', KEYS[i+1]) == ARGV[1] then r = 2 end
+  out[#out+1] = r
+end
+return out`
+
+	// fillIfHeldMany is fillIfHeld for many keys: KEYS value, lease, value, lease, ...; ARGV
+	// token, value, ttl ms for each pair in turn. Returns fillIfHeld's answer for each pair. It
+	// reads the owners with one MGET and drops the leases with one DEL: each command a script
+	// calls costs Redis more than the command itself.
+	fillIfHeldMany = `
+local n = #KEYS / 2
+local leases = {}
+for j = 1, n do leases[j] = KEYS[2 * j] end
+local owners = redis.call('MGET', unpack(leases))
+local held, out = {}, {}
+for j = 1, n do
+  local a = 3 * (j - 1)
+  if owners[j] == ARGV[a + 1] then
+    redis.call('SET', KEYS[2 * j - 1], ARGV[a + 2], 'PX', ARGV[a + 3])
+    held[#held + 1] = leases[j]
+    out[j] = 1
+  else
+    out[j] = 0
+  end
+end
+if #held > 0 then redis.call('DEL', unpack(held)) end
+return out`
+
 	// release: KEYS lease; ARGV token. Deletes the lease only for its owner.
 	release = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -85,7 +122,16 @@ return 0`
 type Leases struct {
 	rdb redis.UniversalClient
 	ttl time.Duration
+	// oneNode: every key lives on one Redis server (not Cluster), so one script may take many
+	// keys. Redis spends most of a one-key EVAL on starting the script rather than on its few
+	// commands, so AcquireMissing and Fill run one script per chunk of keys there; in a Cluster,
+	// where a script's keys must share a hash slot and each of ours has its own, one per key.
+	oneNode bool
 }
+
+// chunk is the most keys one many-key script takes: about a millisecond of Redis's time, so
+// that other clients' commands are not held up for longer.
+const chunk = 200
 
 // DefaultTTL is the lease period when none is given.
 const DefaultTTL = 3 * time.Second
@@ -96,7 +142,8 @@ func New(rdb redis.UniversalClient, ttl time.Duration) *Leases {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
-	return &Leases{rdb: rdb, ttl: ttl}
+	_, oneNode := rdb.(*redis.Client) // a standalone server, or the master Sentinels name
+	return &Leases{rdb: rdb, ttl: ttl, oneNode: oneNode}
 }
 
 // TTL returns the lease period.
@@ -190,25 +237,63 @@ func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
 func (l *Leases) AcquireMissing(ctx context.Context, values []string) (leases []*Lease, err error) {
 	ms := l.ttl.Milliseconds()
 	all := make([]*Lease, len(values))
-	cmds := make([]*redis.Cmd, len(values))
+	var cmds []*redis.Cmd
 	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range values {
-			all[i] = &Lease{Key: k, token: keys.Token()}
-			cmds[i] = p.Eval(ctx, acquireMissing, []string{k, keys.Lease(k)}, all[i].token, ms)
+		if !l.oneNode {
+			for i, k := range values {
+				all[i] = &Lease{Key: k, token: keys.Token()}
+				cmds = append(cmds, p.Eval(ctx, acquireMissing, []string{k, keys.Lease(k)}, all[i].token, ms))
+			}
+			return nil
+		}
+		for from := 0; from < len(values); from += chunk {
+			part := values[from:min(from+chunk, len(values))]
+			token := keys.Token() // one owner: the leases of a chunk are taken and filled together
+			ks := make([]string, 0, 2*len(part))
+			for i, k := range part {
+				all[from+i] = &Lease{Key: k, token: token}
+				ks = append(ks, k, keys.Lease(k))
+			}
+			cmds = append(cmds, p.Eval(ctx, acquireMissingMany, ks, token, ms))
 		}
 		return nil
 	})
+	var codes []int64
+	if err == nil {
+		codes, err = results(cmds, len(values))
+	}
 	if err != nil {
 		l.Release(all)
 		return nil, err
 	}
 	leases = make([]*Lease, len(values))
-	for i, c := range cmds {
-		if n, _ := c.Int64(); n == 2 {
+	for i, n := range codes {
+		if n == 2 {
 			leases[i] = all[i]
 		}
 	}
 	return leases, nil
+}
+
+// results reads the answers of one-key scripts, or of many-key scripts that answer one integer
+// per key, as n integers in order.
+func results(cmds []*redis.Cmd, n int) ([]int64, error) {
+	out := make([]int64, 0, n)
+	for _, c := range cmds {
+		if v, err := c.Int64(); err == nil {
+			out = append(out, v)
+			continue
+		}
+		vs, err := c.Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vs...)
+	}
+	if len(out) != n {
+		return nil, fmt.Errorf("lease: %d answers for %d keys", len(out), n)
+	}
+	return out, nil
 }
 
 // DropIfSame deletes key only if it still holds value, leaving any lease alone. It clears a
@@ -231,14 +316,31 @@ type Fill struct {
 func (l *Leases) Fill(ctx context.Context, fills []Fill) (held []bool, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.ttl)
 	defer cancel()
-	cmds := make([]*redis.Cmd, len(fills))
+	var cmds []*redis.Cmd
 	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, f := range fills {
-			cmds[i] = p.Eval(ctx, fillIfHeld, []string{f.Lease.Key, keys.Lease(f.Lease.Key)},
-				f.Lease.token, f.Value, f.TTL.Milliseconds())
+		if !l.oneNode || len(fills) == 1 {
+			for _, f := range fills {
+				cmds = append(cmds, p.Eval(ctx, fillIfHeld, []string{f.Lease.Key, keys.Lease(f.Lease.Key)},
+					f.Lease.token, f.Value, f.TTL.Milliseconds()))
+			}
+			return nil
+		}
+		for from := 0; from < len(fills); from += chunk {
+			part := fills[from:min(from+chunk, len(fills))]
+			ks := make([]string, 0, 2*len(part))
+			args := make([]any, 0, 3*len(part))
+			for _, f := range part {
+				ks = append(ks, f.Lease.Key, keys.Lease(f.Lease.Key))
+				args = append(args, f.Lease.token, f.Value, f.TTL.Milliseconds())
+			}
+			cmds = append(cmds, p.Eval(ctx, fillIfHeldMany, ks, args...))
 		}
 		return nil
 	})
+	var codes []int64
+	if err == nil {
+		codes, err = results(cmds, len(fills))
+	}
 	if err != nil {
 		ls := make([]*Lease, len(fills))
 		for i, f := range fills {
@@ -248,8 +350,7 @@ func (l *Leases) Fill(ctx context.Context, fills []Fill) (held []bool, err error
 		return nil, err
 	}
 	held = make([]bool, len(fills))
-	for i, cmd := range cmds {
-		n, _ := cmd.Int64()
+	for i, n := range codes {
 		held[i] = n == 1
 	}
 	return held, nil

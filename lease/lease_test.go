@@ -177,3 +177,79 @@ func TestKeepReportsALostLease(t *testing.T) {
 		t.Error("Stop reports the lease kept after it was deleted")
 	}
 }
+
+// TestAcquireMissingAndFillMany: on one Redis server AcquireMissing and Fill run one script per
+// chunk of keys; each key must still get its own answer, in order, across chunks.
+func TestAcquireMissingAndFillMany(t *testing.T) {
+	l, rc := newLeases(t, time.Second)
+	ctx := context.Background()
+	const n = 450 // more than two chunks
+	base := key(t)
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = fmt.Sprintf("%s:%d", base, i)
+	}
+	// Every third key is cached; every fifth that is not is leased by another caller.
+	cached := func(i int) bool { return i%3 == 0 }
+	other := func(i int) bool { return !cached(i) && i%5 == 0 }
+	var mine []lease.Probe
+	for i, k := range ks {
+		switch {
+		case cached(i):
+			rc.Set(ctx, k, "cached", time.Minute)
+		case other(i):
+			p, err := l.Probe(ctx, []string{k})
+			if err != nil || p[0].State != lease.Acquired {
+				t.Fatalf("another caller's probe of %s: %+v %v", k, p, err)
+			}
+			mine = append(mine, p[0])
+		}
+	}
+	leases, err := l.AcquireMissing(ctx, ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fills []lease.Fill
+	for i, ls := range leases {
+		if got, want := ls != nil, !cached(i) && !other(i); got != want {
+			t.Fatalf("key %d (cached %t, leased by another %t): acquired %t, want %t", i, cached(i), other(i), got, want)
+		}
+		if ls != nil {
+			fills = append(fills, lease.Fill{Lease: ls, Value: []byte(fmt.Sprint("v", i)), TTL: time.Minute})
+		}
+	}
+	// One lease is voided, as an invalidation does, before the fill.
+	voided := fills[len(fills)/2].Lease.Key
+	rc.Del(ctx, voided, keys.Lease(voided))
+	held, err := l.Fill(ctx, fills)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range fills {
+		want := f.Lease.Key != voided
+		if held[i] != want {
+			t.Errorf("fill of %s: landed %t, want %t", f.Lease.Key, held[i], want)
+		}
+		got, _ := rc.Get(ctx, f.Lease.Key).Result()
+		if want && got != string(f.Value) {
+			t.Errorf("%s holds %q, want %q", f.Lease.Key, got, f.Value)
+		}
+		if !want && got != "" {
+			t.Errorf("%s holds %q after its lease was voided", f.Lease.Key, got)
+		}
+		if rc.Exists(ctx, keys.Lease(f.Lease.Key)).Val() != 0 {
+			t.Errorf("the lease of %s is still there after the fill", f.Lease.Key)
+		}
+	}
+	for i, k := range ks {
+		if cached(i) && rc.Get(ctx, k).Val() != "cached" {
+			t.Errorf("cached key %d was overwritten", i)
+		}
+	}
+	// The other caller's leases are untouched.
+	for _, p := range mine {
+		if rc.Exists(ctx, keys.Lease(p.Lease.Key)).Val() != 1 {
+			t.Errorf("another caller's lease on %s is gone", p.Lease.Key)
+		}
+	}
+}

@@ -1,10 +1,14 @@
 package readthrough
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sidecache/sidecache/bloom"
 	"github.com/sidecache/sidecache/internal/retry"
@@ -22,8 +26,11 @@ type Scanner interface {
 	EstimateRows(ctx context.Context, entity string) (int64, error)
 }
 
-// DefaultBatch is PreloadOptions.Batch's default.
-const DefaultBatch = 1000
+// Defaults of PreloadOptions.
+const (
+	DefaultBatch   = 2000
+	DefaultWorkers = 4
+)
 
 // PreloadOptions configure Preload. Entity, Scanner and Leases are required.
 type PreloadOptions struct {
@@ -37,12 +44,15 @@ type PreloadOptions struct {
 	IDs []string
 	// Batch is the ids per scan page, MySQL query and Redis pipeline. Default DefaultBatch.
 	Batch int
+	// Workers is how many batches are warmed at once while the scan reads the next pages.
+	// Default DefaultWorkers.
+	Workers int
 	// Rate caps the rows read from MySQL per second. 0: no cap.
 	Rate float64
 	// FilterOnly rebuilds the Bloom filter from a scan without warming the cache (IDs must be
 	// nil). The binlog tail's leader runs it after a filter was reset or lost.
 	FilterOnly bool
-	// Progress, if set, is called after every batch.
+	// Progress, if set, is called after every batch, never by two batches at once.
 	Progress func(PreloadStats)
 }
 
@@ -70,10 +80,20 @@ func (s PreloadStats) RowsPerSecond() float64 {
 	return float64(s.Rows) / s.Elapsed.Seconds()
 }
 
+// add counts a batch's stats into s.
+func (s *PreloadStats) add(b PreloadStats) {
+	s.Rows += b.Rows
+	s.Warmed += b.Warmed
+	s.NullMarkers += b.NullMarkers
+	s.AlreadyCached += b.AlreadyCached
+	s.Bytes += b.Bytes
+}
+
 // Preload warms the cache for an entity in bulk with the read path's envelope and jittered
 // TTLs, and, for a full scan of an entity with a Bloom filter, rebuilds the filter from the
-// scan. Interrupted (ctx ends), it stops after the current batch, leaves the current filter
-// as it was, and returns the stats so far with ctx's error.
+// scan. The scan reads its pages one after the other while up to Workers batches are warmed.
+// Interrupted (ctx ends), it stops after the batches under way, leaves the current filter as
+// it was, and returns the stats so far with ctx's error.
 func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats, error) {
 	e := r.entities[opts.Entity]
 	if e == nil {
@@ -85,63 +105,32 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 	if opts.FilterOnly && (opts.IDs != nil || !e.Bloom || r.filters == nil) {
 		return PreloadStats{}, fmt.Errorf("readthrough: entity %q has no filter to rebuild from a full scan", e.Name)
 	}
-	batch := opts.Batch
-	if batch <= 0 {
-		batch = DefaultBatch
-	}
-	st := PreloadStats{Entity: e.Name}
-	start := time.Now()
-	progress := func() {
-		st.Elapsed = time.Since(start)
-		if opts.Progress != nil {
-			opts.Progress(st)
-		}
-	}
-	throttle := func() error {
-		if opts.Rate <= 0 {
-			return nil
-		}
-		due := time.Duration(float64(st.Rows) / opts.Rate * float64(time.Second))
-		return retry.Sleep(ctx, due-time.Since(start))
-	}
-
+	batch := cmp.Or(max(opts.Batch, 0), DefaultBatch)
+	p := &preload{r: r, e: e, opts: opts, start: time.Now(), st: PreloadStats{Entity: e.Name}}
 	if opts.IDs != nil {
-		st.Total = int64(len(opts.IDs))
-		for i := 0; i < len(opts.IDs); i += batch {
-			if err := ctx.Err(); err != nil {
-				return st, err
-			}
-			ids := opts.IDs[i:min(i+batch, len(opts.IDs))]
-			found, err := r.warm(ctx, e, opts.Leases, ids, &st)
-			if err != nil {
-				return st, err
-			}
-			if e.Bloom && r.filters != nil && len(found) > 0 {
-				if err := r.filters.Add(ctx, e.Name, found...); err != nil {
-					return st, fmt.Errorf("bloom: %w", err)
+		p.st.Total = int64(len(opts.IDs))
+		err := p.run(ctx, func(ctx context.Context, dispatch func([]string) error) error {
+			for i := 0; i < len(opts.IDs); i += batch {
+				if err := dispatch(opts.IDs[i:min(i+batch, len(opts.IDs))]); err != nil {
+					return err
 				}
 			}
-			progress()
-			if err := throttle(); err != nil {
-				return st, err
-			}
-		}
-		st.Elapsed = time.Since(start)
-		return st, nil
+			return nil
+		})
+		return p.stats(), err
 	}
 
-	st.Total, _ = opts.Scanner.EstimateRows(ctx, e.Name) // only for progress
-	var build *bloom.Build
+	p.st.Total, _ = opts.Scanner.EstimateRows(ctx, e.Name) // only for progress
 	if e.Bloom && r.filters != nil {
 		// Begin before the scan: ids inserted from now on are added to the new filter by Add,
 		// and ids inserted before are seen by the scan.
 		var err error
-		if build, err = r.filters.Begin(ctx, e.Name, e.BloomParams); err != nil {
-			return st, fmt.Errorf("bloom: %w", err)
+		if p.build, err = r.filters.Begin(ctx, e.Name, e.BloomParams); err != nil {
+			return p.stats(), fmt.Errorf("bloom: %w", err)
 		}
 		defer func() {
-			if build != nil {
-				build.Abort(ctx) // not committed: the current filter stays as it was
+			if p.build != nil {
+				p.build.Abort(ctx) // not committed: the current filter stays as it was
 			}
 		}()
 	}
@@ -150,50 +139,126 @@ func (r *Reader) Preload(ctx context.Context, opts PreloadOptions) (PreloadStats
 	// long as inserts keep coming.
 	lastID, nonEmpty, err := opts.Scanner.LastID(ctx, e.Name)
 	if err != nil {
-		return st, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
+		return p.stats(), fmt.Errorf("%w: %w", ErrDBUnavailable, err)
 	}
-	var after *string
-	for nonEmpty {
-		if err := ctx.Err(); err != nil {
-			return st, err
-		}
-		ids, err := opts.Scanner.ScanIDs(ctx, e.Name, after, &lastID, batch)
-		if err != nil {
-			return st, fmt.Errorf("%w: %w", ErrDBUnavailable, err)
-		}
-		if len(ids) == 0 {
-			break
-		}
-		if build != nil {
-			if err := build.Add(ctx, ids); err != nil {
-				return st, fmt.Errorf("bloom: %w", err)
+	err = p.run(ctx, func(ctx context.Context, dispatch func([]string) error) error {
+		var after *string
+		for nonEmpty {
+			ids, err := opts.Scanner.ScanIDs(ctx, e.Name, after, &lastID, batch)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrDBUnavailable, err)
+			}
+			if len(ids) == 0 {
+				return nil
+			}
+			last := ids[len(ids)-1]
+			after = &last
+			if err := dispatch(ids); err != nil {
+				return err
 			}
 		}
-		if opts.FilterOnly {
-			st.Rows += int64(len(ids))
-		} else if _, err := r.warm(ctx, e, opts.Leases, ids, &st); err != nil {
-			return st, err
-		}
-		last := ids[len(ids)-1]
-		after = &last
-		progress()
-		if err := throttle(); err != nil {
-			return st, err
-		}
+		return nil
+	})
+	if err != nil {
+		return p.stats(), err
 	}
-	if build != nil {
-		if err := build.Commit(ctx); err != nil {
-			return st, fmt.Errorf("bloom: %w", err)
+	if p.build != nil {
+		// Every batch has been added: the workers are done.
+		if err := p.build.Commit(ctx); err != nil {
+			return p.stats(), fmt.Errorf("bloom: %w", err)
 		}
-		build = nil
+		p.build = nil
 		fs, err := r.filters.Stats(ctx, e.Name)
 		if err != nil {
-			return st, fmt.Errorf("bloom: %w", err)
+			return p.stats(), fmt.Errorf("bloom: %w", err)
 		}
-		st.Filter = &fs
+		p.st.Filter = &fs
 	}
-	st.Elapsed = time.Since(start)
-	return st, nil
+	return p.stats(), nil
+}
+
+// preload is one Preload under way.
+type preload struct {
+	r     *Reader
+	e     *entity
+	opts  PreloadOptions
+	build *bloom.Build // the filter's rebuild, for a scan of an entity with a filter
+	start time.Time
+
+	mu sync.Mutex // st, and the calls of opts.Progress
+	st PreloadStats
+}
+
+func (p *preload) stats() PreloadStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.st.Elapsed = time.Since(p.start)
+	return p.st
+}
+
+// run calls produce with a dispatch that hands a batch of ids to a worker, after waiting out
+// the rate cap and for a free worker. It returns once every batch handed over is done: with the
+// first error of produce or a batch, or with ctx's error when ctx ended, in which case it
+// dispatches nothing more. Every batch under way has finished when run returns.
+func (p *preload) run(ctx context.Context, produce func(ctx context.Context, dispatch func([]string) error) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(cmp.Or(max(p.opts.Workers, 0), DefaultWorkers))
+	var dispatched int64
+	dispatch := func(ids []string) error {
+		if p.opts.Rate > 0 {
+			due := time.Duration(float64(dispatched) / p.opts.Rate * float64(time.Second))
+			if err := retry.Sleep(gctx, due-time.Since(p.start)); err != nil {
+				return err
+			}
+		}
+		if err := gctx.Err(); err != nil {
+			return err
+		}
+		dispatched += int64(len(ids))
+		g.Go(func() error { return p.batch(gctx, ids) })
+		return nil
+	}
+	err := produce(gctx, dispatch)
+	werr := g.Wait()
+	// ctx's own end comes first: a batch or the scan that failed because of it says less.
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	return cmp.Or(werr, err)
+}
+
+// batch adds a batch's ids to the filter and warms them.
+func (p *preload) batch(ctx context.Context, ids []string) error {
+	var st PreloadStats
+	switch {
+	case p.build != nil:
+		if err := p.build.Add(ctx, ids); err != nil {
+			return fmt.Errorf("bloom: %w", err)
+		}
+		if p.opts.FilterOnly {
+			st.Rows = int64(len(ids))
+		} else if _, err := p.r.warm(ctx, p.e, p.opts.Leases, ids, &st); err != nil {
+			return err
+		}
+	default:
+		found, err := p.r.warm(ctx, p.e, p.opts.Leases, ids, &st)
+		if err != nil {
+			return err
+		}
+		if p.opts.IDs != nil && p.e.Bloom && p.r.filters != nil && len(found) > 0 {
+			if err := p.r.filters.Add(ctx, p.e.Name, found...); err != nil {
+				return fmt.Errorf("bloom: %w", err)
+			}
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.st.add(st)
+	if p.opts.Progress != nil {
+		p.st.Elapsed = time.Since(p.start)
+		p.opts.Progress(p.st)
+	}
+	return nil
 }
 
 // warm fills the keys of ids that have no value, under their leases, with one MySQL query and

@@ -25,7 +25,7 @@ func preload(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	entity := fs.String("entity", "", "entity to preload")
 	idsPath := fs.String("ids", "", "file of ids to warm, one per line (default: the whole table, and the Bloom filter is rebuilt)")
 	rate := fs.Float64("rate", 0, "most rows read from MySQL per second (0: no cap)")
-	batch := fs.Int("batch", 1000, "ids per scan page, query and Redis pipeline")
+	batch := fs.Int("batch", readthrough.DefaultBatch, "ids per scan page, query and Redis pipeline")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

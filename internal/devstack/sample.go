@@ -159,3 +159,29 @@ func insertBatches(ctx context.Context, db *sql.DB, into string, cols, n int, ro
 	}
 	return nil
 }
+
+// StartSample starts a stack with opts, creates database db with a user of the same name, and
+// fills it with SeedSample: what a load program starts from. The caller stops the stack; dsn
+// is that user's.
+func StartSample(ctx context.Context, opts Options, db string, items, users int) (s *Stack, dsn string, err error) {
+	if s, err = Start(ctx, opts); err != nil {
+		return nil, "", err
+	}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	if dsn, err = s.CreateDatabase(ctx, db); err != nil {
+		return nil, "", err
+	}
+	root, err := s.Root(db)
+	if err != nil {
+		return nil, "", err
+	}
+	defer root.Close()
+	if err := SeedSample(ctx, root, items, users); err != nil {
+		return nil, "", err
+	}
+	return s, dsn, nil
+}

@@ -772,16 +772,20 @@ func (s *Source) manyStmt(ctx context.Context, e *Entity, n int) (*sql.Stmt, err
 }
 
 // scan encodes every row and hands it to fn with its key. It closes rows.
-//
-// Values are scanned into any rather than sql.RawBytes: RawBytes turns an empty string into nil
-// once a NULL has been scanned into it, and NULL and "" must stay apart.
 func (e *Entity) scan(rows *sql.Rows, fn func(key string, obj []byte)) error {
 	defer rows.Close()
 	nk := len(e.Key)
-	vals, dest := scanDest(nk + len(e.Columns))
+	n := nk + len(e.Columns)
+	vals, cols, dest := make([]any, n), make([]inPlace, n), make([]any, n)
+	for i := range cols {
+		dest[i] = &cols[i]
+	}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return err
+		}
+		for i := range cols {
+			vals[i] = cols[i].v
 		}
 		obj, err := e.encode(vals[nk:])
 		if err != nil {
@@ -790,6 +794,17 @@ func (e *Entity) scan(rows *sql.Rows, fn func(key string, obj []byte)) error {
 		fn(e.id(vals[:nk]), obj)
 	}
 	return rows.Err()
+}
+
+// inPlace receives a value as the driver returns it, bytes still in the driver's buffer, where
+// scanning into *any would copy them first: scan encodes each row before it reads the next.
+// Not sql.RawBytes, which turns an empty string into nil once a NULL has been scanned into it,
+// and NULL and "" must stay apart.
+type inPlace struct{ v any }
+
+func (c *inPlace) Scan(src any) error {
+	c.v = src
+	return nil
 }
 
 // appendText appends the text form of a value as the driver returns it from the binary protocol.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -67,4 +68,14 @@ func Scan(r io.Reader, echo func(line string)) ([]Figure, error) {
 		figs = append(figs, f)
 	}
 	return figs, sc.Err()
+}
+
+// Median is the median of xs, the figure a program reports of several runs.
+func Median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
