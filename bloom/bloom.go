@@ -285,9 +285,11 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
 redis.call('HSET', KEYS[1], 'build_beat', ARGV[2])
 return 1`
 
-// commit: KEYS meta, bits a, bits b, the scan's bits; ARGV token, version → 1 switched, 0 the
-// build was taken over, -2 its bitmap is gone. The scan's bits are ORed into the new bitmap,
-// which holds the ids added since the build began, and dropped.
+// commit: KEYS meta, bits a, bits b, the scan's bits; ARGV token, version, the scan's bytes → 1
+// switched, 0 the build was taken over, -2 its bitmap or the scan's bits are gone. The scan's
+// bits are ORed into the new bitmap, which holds the ids added since the build began, and
+// dropped. Scan bits that Redis lost, or holds only in part, fail the commit: BITOP would read
+// what is missing as zeros, and the filter would say "absent" for the scan's ids.
 const commitScript = `
 local function done(r) redis.call('DEL', KEYS[4]) return r end
 if redis.call('HGET', KEYS[1], 'build_token') ~= ARGV[1] then return done(0) end
@@ -296,6 +298,7 @@ local slot = redis.call('HGET', KEYS[1], 'build')
 local bits = KEYS[2]
 if slot == 'b' then bits = KEYS[3] end
 if redis.call('EXISTS', bits) == 0 then return done(-2) end
+if redis.call('STRLEN', KEYS[4]) ~= tonumber(ARGV[3]) then return done(-2) end
 redis.call('BITOP', 'OR', bits, bits, KEYS[4])
 redis.call('HSET', KEYS[1], 'cur', slot,
   'cur_m', redis.call('HGET', KEYS[1], 'build_m'), 'cur_k', redis.call('HGET', KEYS[1], 'build_k'),
@@ -408,7 +411,7 @@ func (b *Build) Commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n, err := b.f.rdb.Eval(ctx, commitScript, append(b.f.allKeys(b.entity), scan), b.token, keys.Token()).Int64()
+	n, err := b.f.rdb.Eval(ctx, commitScript, append(b.f.allKeys(b.entity), scan), b.token, keys.Token(), len(b.bits)).Int64()
 	if err := buildResult(n, err); err != nil {
 		return err
 	}

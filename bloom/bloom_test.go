@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -201,5 +202,61 @@ func TestSizeLimits(t *testing.T) {
 	p, err := bloom.Size(1_000_000, 0.01)
 	if err != nil || p.M < 9_000_000 || p.M > 10_000_000 || p.K != 7 {
 		t.Errorf("Size(1e6, 0.01) = %+v %v, want about 9.6M bits and 7 hashes", p, err)
+	}
+}
+
+// loseScanBits is a go-redis hook that, just before a commit script runs, does to the scan's
+// bits what Redis may do to any key: evict it, or keep only a part of it.
+type loseScanBits struct {
+	other   *redis.Client
+	partial bool
+}
+
+func (h loseScanBits) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h loseScanBits) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h loseScanBits) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if strings.HasPrefix(cmd.Name(), "eval") {
+			for _, a := range cmd.Args() {
+				if k, ok := a.(string); ok && strings.Contains(k, ":scan:") {
+					if h.partial {
+						h.other.Set(ctx, k, "\xff", 0)
+					} else {
+						h.other.Del(ctx, k)
+					}
+				}
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestCommitRefusesLostScanBits: a rebuild whose scan bits Redis lost before the commit fails
+// and leaves the filter as it was, rather than switch to a bitmap without the scan's ids.
+func TestCommitRefusesLostScanBits(t *testing.T) {
+	ctx := context.Background()
+	for _, partial := range []bool{false, true} {
+		_, _, rc, prefix := newFilters(t)
+		hooked := redis.NewClient(&redis.Options{Addr: rc.Options().Addr})
+		defer hooked.Close()
+		hooked.AddHook(loseScanBits{other: rc, partial: partial})
+		f := bloom.New(hooked, prefix)
+		b, err := f.Begin(ctx, "e", mustSize(t, 10_000, 0.01))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Add(ctx, ids(0, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(ctx); !errors.Is(err, bloom.ErrBuildLost) {
+			t.Fatalf("partial %v: commit with the scan's bits lost: %v, want ErrBuildLost", partial, err)
+		}
+		if n := absentCount(t, bloom.New(rc, prefix), ids(0, 1000)); n != 0 {
+			t.Errorf("partial %v: the filter says %d scanned ids are absent", partial, n)
+		}
 	}
 }
