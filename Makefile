@@ -56,6 +56,18 @@ SOAK_TEST ?= TestChaosConsistency
 soak: deps
 	SIDECACHE_INTEGRATION=required SIDECACHE_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run '^$(SOAK_TEST)$$' -v ./cmd/sidecache
 
+# bench measures every performance figure in turn (the hit path with and without the near
+# cache, binlog lag and catch-up, preload, the settle with failing deletes, RSS), each against its
+# anchor in the same run, and prints one table. BENCH_RUNS runs of each (hit-path rounds: twice
+# that); BENCH_ONLY=hit|near|binlog|preload|settle runs one. Run it on a quiet machine.
+BENCH_RUNS ?= 3
+BENCH_ONLY ?=
+bench: deps-bench build
+	$(GO) build -o bin/hitpath ./internal/loadtest/hitpath
+	$(GO) build -o bin/preloadbench ./internal/loadtest/preload
+	$(GO) build -o bin/bench ./internal/loadtest/bench
+	bin/bench -bin $(BIN) -runs $(BENCH_RUNS) -only "$(BENCH_ONLY)"
+
 # bench-hit compares the hit path with a bare net/http + go-redis handler in one run.
 # HITPATH_FLAGS adds flags: -near (the near cache on), -calibrate, -rounds N (bin/hitpath -h).
 HITPATH_FLAGS ?=
