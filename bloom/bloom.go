@@ -396,19 +396,15 @@ func buildResult(n int64, err error) error {
 func (b *Build) Commit(ctx context.Context) error {
 	// The scan's bits go to a key of their own (the build's token in its name, so a build that
 	// was taken over cannot write into its successor's), which the commit script merges and
-	// drops; it expires by itself if this process dies before then.
+	// drops. The key expires from its first piece on, so an upload cut off, or a process that
+	// dies before the commit, leaves nothing behind for longer than a minute; each piece is a
+	// round trip of its own, so that a large filter is not one write that must fit in the
+	// client's write timeout.
 	scan := b.f.bitsKey(b.entity, "scan:"+b.token)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	const piece = 1 << 20 // bytes per command
-	_, err := b.f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for off := 0; off < len(b.bits); off += piece {
-			p.SetRange(ctx, scan, int64(off), string(b.bits[off:min(off+piece, len(b.bits))]))
-		}
-		p.PExpire(ctx, scan, time.Minute)
-		return nil
-	})
-	if err != nil {
+	if err := b.upload(ctx, scan); err != nil {
+		b.f.rdb.Del(context.WithoutCancel(ctx), scan)
 		return err
 	}
 	n, err := b.f.rdb.Eval(ctx, commitScript, append(b.f.allKeys(b.entity), scan), b.token, keys.Token(), len(b.bits)).Int64()
@@ -417,6 +413,25 @@ func (b *Build) Commit(ctx context.Context) error {
 	}
 	_, err = b.f.load(ctx, b.entity)
 	return err
+}
+
+// uploadPiece is the bytes of the scan's bits one command sends: a few milliseconds on a
+// slow link, far inside a write timeout.
+const uploadPiece = 256 << 10
+
+// upload writes the scan's bits to key, a piece a command; b.mu is held.
+func (b *Build) upload(ctx context.Context, key string) error {
+	first := b.bits[:min(uploadPiece, len(b.bits))]
+	if err := b.f.rdb.Do(ctx, "SET", key, first, "PX", time.Minute.Milliseconds()).Err(); err != nil {
+		return err
+	}
+	for off := len(first); off < len(b.bits); off += uploadPiece {
+		// SETRANGE keeps the key's expiry.
+		if err := b.f.rdb.Do(ctx, "SETRANGE", key, off, b.bits[off:min(off+uploadPiece, len(b.bits))]).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Abort drops the new bitmap and leaves the current filter as it was. It runs even when ctx
