@@ -27,6 +27,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/internal/devstack"
+	"github.com/sidecache/sidecache/internal/loadtest/result"
 )
 
 func main() {
@@ -143,7 +144,10 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 			return err
 		}
 	}
-	idleRSS, _ := memKiB(sc.cmd.Process.Pid, "VmRSS")
+	idleRSS, err := memKiB(sc.cmd.Process.Pid, "VmRSS")
+	if err != nil {
+		return err
+	}
 
 	// Warm: every id is loaded once through sidecache, so every later read is a hit.
 	for id := 1; id <= keys; id++ {
@@ -225,8 +229,14 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	if err != nil {
 		return err
 	}
-	loadRSS, _ := memKiB(sc.cmd.Process.Pid, "VmRSS")
-	peakRSS, _ := memKiB(sc.cmd.Process.Pid, "VmHWM")
+	loadRSS, err := memKiB(sc.cmd.Process.Pid, "VmRSS")
+	if err != nil {
+		return err
+	}
+	peakRSS, err := memKiB(sc.cmd.Process.Pid, "VmHWM")
+	if err != nil {
+		return err
+	}
 	var total float64
 	for _, r := range scRates {
 		total += r * duration.Seconds()
@@ -242,6 +252,30 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	if !calibrate {
 		fmt.Printf("sidecache answered %.0f of about %.0f timed requests as X-Cache hits, %.0f of them from the near cache\n",
 			hitsAfter-hitsBefore, total, nearAfter-nearBefore)
+	}
+	return printFigures(os.Stdout, measuredName, near, scRates, bareRates, idleRSS, peakRSS)
+}
+
+// printFigures writes the run's figures as RESULT lines (package result), for `make bench`:
+// the measured server's rate per round anchored on the bare handler's rate in the same round,
+// and sidecache's resident memory.
+func printFigures(w io.Writer, measuredName string, near bool, rates, bareRates []float64, idleKiB, peakKiB int64) error {
+	name, goal, suffix := "hit path req/s", "ratio >= 0.95", ""
+	if near {
+		name, goal, suffix = name+", near cache", "ratio >= 2.0", " near cache"
+	}
+	if measuredName != "sidecache" {
+		name += " (" + measuredName + ", calibration)"
+	}
+	figs := []result.Figure{
+		{Name: name, Unit: "req/s", Values: rates, Anchor: "bare net/http + go-redis GET", AnchorValues: bareRates, Ratio: true, Goal: goal},
+		{Name: "sidecache RSS idle" + suffix, Unit: "MiB", Values: []float64{float64(idleKiB) / 1024}},
+		{Name: "sidecache RSS peak under load" + suffix, Unit: "MiB", Values: []float64{float64(peakKiB) / 1024}},
+	}
+	for _, f := range figs {
+		if err := f.Print(w); err != nil {
+			return err
+		}
 	}
 	return nil
 }
