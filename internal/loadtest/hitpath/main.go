@@ -43,12 +43,13 @@ func main() {
 	calibrate := flag.Bool("calibrate", false, "measure a second bare handler in sidecache's place: the noise floor of the ratio")
 	near := flag.Bool("near", false, "turn sidecache's near cache on (near_cache.enabled)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of sidecache during its first timed round to this file")
+	heapProfile := flag.String("heapprofile", "", "write a heap profile of sidecache after the timed rounds to this file")
 	flag.Parse()
 	var err error
 	if *bare {
 		err = serveBare(*redisAddr, *listen)
 	} else {
-		err = run(*bin, *keys, *duration, *rounds, *conns, *threads, *calibrate, *near, *cpuProfile)
+		err = run(*bin, *keys, *duration, *rounds, *conns, *threads, *calibrate, *near, *cpuProfile, *heapProfile)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hitpath:", err)
@@ -74,7 +75,7 @@ func serveBare(redisAddr, listen string) error {
 	return http.ListenAndServe(listen, mux)
 }
 
-func run(bin string, keys int, duration time.Duration, rounds, conns, threads int, calibrate, near bool, cpuProfile string) error {
+func run(bin string, keys int, duration time.Duration, rounds, conns, threads int, calibrate, near bool, cpuProfile, heapProfile string) error {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return errors.New("wrk is not installed (make deps-bench installs it)")
 	}
@@ -107,7 +108,7 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 		doc += "near_cache:\n  enabled: true\n"
 	}
 	pprofAddr := ""
-	if cpuProfile != "" {
+	if cpuProfile != "" || heapProfile != "" {
 		pprofAddr = freeAddr()
 		doc += fmt.Sprintf("pprof_listen: %q\n", pprofAddr)
 	}
@@ -203,8 +204,9 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 				i = 1
 			}
 			profiled := make(chan error, 1)
-			if r == 1 && target.addr == scAddr && pprofAddr != "" {
-				go func() { profiled <- profile(pprofAddr, duration-time.Second, cpuProfile) }()
+			if r == 1 && target.addr == scAddr && cpuProfile != "" {
+				url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int((duration - time.Second).Seconds()))
+				go func() { profiled <- profile(url, cpuProfile) }()
 			} else {
 				profiled <- nil
 			}
@@ -236,6 +238,13 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	peakRSS, err := memKiB(sc.cmd.Process.Pid, "VmHWM")
 	if err != nil {
 		return err
+	}
+	if heapProfile != "" {
+		// Once the RSS is read, since the collection it asks for could lower it; after that
+		// collection, what is in use is what the load left live.
+		if err := profile(fmt.Sprintf("http://%s/debug/pprof/heap?gc=1", pprofAddr), heapProfile); err != nil {
+			return err
+		}
 	}
 	var total float64
 	for _, r := range scRates {
@@ -280,13 +289,16 @@ func printFigures(w io.Writer, measuredName string, near bool, rates, bareRates 
 	return nil
 }
 
-// profile saves a CPU profile of d from the pprof endpoint at addr.
-func profile(addr string, d time.Duration, path string) error {
-	res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+// profile saves the profile that url (a pprof endpoint of sidecache's) answers to path.
+func profile(url, path string) error {
+	res, err := http.Get(url)
 	if err != nil {
 		return err
 	}
 	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, res.Status)
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return err
