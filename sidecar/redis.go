@@ -25,6 +25,10 @@ const (
 	breakerOpen  = 500 * time.Millisecond
 )
 
+// connBufferSize is the size of the read and of the write buffer of each Redis connection
+// (pipelines have connections of their own, with go-redis's larger buffers).
+const connBufferSize = 4 << 10
+
 // errCircuitOpen is what a Redis call returns while the circuit is open.
 var errCircuitOpen = fmt.Errorf("%w: circuit open (Redis failed repeatedly; calls resume after a probe succeeds)", invalidation.ErrUnreachable)
 
@@ -50,6 +54,12 @@ func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, 
 		// would otherwise dial five times, 100ms apart), and the circuit breaker takes it from
 		// there.
 		DialerRetries: 1,
+		// Each pooled connection has a read and a write buffer; go-redis's 32 KiB each would be
+		// 64 KiB a connection, 10 connections per CPU, for commands and replies that are mostly
+		// one key and one row. A reply or value longer than the buffer still goes through, read
+		// or written past it.
+		ReadBufferSize:  connBufferSize,
+		WriteBufferSize: connBufferSize,
 	}
 	if nc := cfg.NearCache; nc.Enabled {
 		// Server-assisted client-side caching: RESP3, every connection with CLIENT TRACKING on,
