@@ -42,6 +42,21 @@ func TestMissThenHit(t *testing.T) {
 	e.get("/v1/items/002").want(t, 200, "hit")
 }
 
+// TestRowLargerThanConnectionBuffers: a row many times the size of a Redis connection's read
+// and write buffers is filled, read back and served whole, from Redis and from the near cache.
+func TestRowLargerThanConnectionBuffers(t *testing.T) {
+	for _, near := range []string{"", "near_cache: {enabled: true, max_staleness: 1h}\n"} {
+		e := newDB(t, `CREATE TABLE docs (id INT NOT NULL PRIMARY KEY, body MEDIUMTEXT NOT NULL);
+INSERT INTO docs VALUES (1, REPEAT('abcdefgh', 40000))`).start(near + "entities:\n  - name: docs\n    ttl: 60s\n")
+		want := `{"id":1,"body":"` + strings.Repeat("abcdefgh", 40000) + `"}`
+		for _, cache := range []string{"miss", "hit", "hit"} {
+			if r := e.get("/v1/docs/1").want(t, 200, cache); string(r.body) != want {
+				t.Fatalf("near cache %t, X-Cache %s: a body of %d bytes, want the row's %d", near != "", cache, len(r.body), len(want))
+			}
+		}
+	}
+}
+
 func TestNotFoundIsCachedAsNullMarker(t *testing.T) {
 	e := newDB(t, itemsSchema).start(itemsEntity)
 	r := e.get("/v1/items/404").want(t, 404, "miss")

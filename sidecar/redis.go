@@ -25,6 +25,10 @@ const (
 	breakerOpen  = 500 * time.Millisecond
 )
 
+// connBufferSize is the size of the read and of the write buffer of each Redis connection
+// (pipelines have connections of their own, with go-redis's larger buffers).
+const connBufferSize = 4 << 10
+
 // errCircuitOpen is what a Redis call returns while the circuit is open.
 var errCircuitOpen = fmt.Errorf("%w: circuit open (Redis failed repeatedly; calls resume after a probe succeeds)", invalidation.ErrUnreachable)
 
@@ -34,7 +38,7 @@ var errCircuitOpen = fmt.Errorf("%w: circuit open (Redis failed repeatedly; call
 // injected failure. It does not connect yet.
 //
 // onBack is called when the circuit closes, before the call that found Redis back returns.
-func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, onBack func()) (redis.UniversalClient, *faults.Faults, *gobreaker.TwoStepCircuitBreaker[struct{}]) {
+func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, onBack func()) (redis.UniversalClient, *faults.Faults, *gobreaker.CircuitBreaker[struct{}]) {
 	o := &redis.UniversalOptions{
 		Addrs:         cfg.Redis.Addrs,
 		MasterName:    cfg.Redis.MasterName,
@@ -50,6 +54,12 @@ func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, 
 		// would otherwise dial five times, 100ms apart), and the circuit breaker takes it from
 		// there.
 		DialerRetries: 1,
+		// Each pooled connection has a read and a write buffer; go-redis's 32 KiB each would be
+		// 64 KiB a connection, 10 connections per CPU, for commands and replies that are mostly
+		// one key and one row. A reply or value longer than the buffer still goes through, read
+		// or written past it.
+		ReadBufferSize:  connBufferSize,
+		WriteBufferSize: connBufferSize,
 	}
 	if nc := cfg.NearCache; nc.Enabled {
 		// Server-assisted client-side caching: RESP3, every connection with CLIENT TRACKING on,
@@ -74,7 +84,7 @@ func openRedis(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, 
 	return rc, inject, cb
 }
 
-func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, onBack func()) *gobreaker.TwoStepCircuitBreaker[struct{}] {
+func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, onBack func()) *gobreaker.CircuitBreaker[struct{}] {
 	state := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "sidecache_redis_circuit_state", Help: "The circuit breaker around Redis: 0 closed, 1 half-open (probing), 2 open.",
 	})
@@ -86,14 +96,17 @@ func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger,
 	if cfg.Degraded.Mode == "unavailable" {
 		opened = "Redis is failing: the circuit is open; reads answer 503 (degraded.mode unavailable) until Redis answers again"
 	}
-	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "redis",
 		MaxRequests: 1,
 		Timeout:     breakerOpen,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= breakerTrips },
 		IsSuccessful: func(err error) bool {
+			if err == nil {
+				return true // before the declaration below, which would cost every call an allocation
+			}
 			var re redis.Error // an answer from Redis, as opposed to no answer
-			return err == nil || errors.As(err, &re)
+			return errors.As(err, &re)
 		},
 		// A caller that gave up, or a failure fault injection made up, says nothing of Redis.
 		IsExcluded: func(err error) bool {
@@ -115,7 +128,7 @@ func newBreaker(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger,
 
 // breakerHook passes each Redis call through the circuit breaker.
 type breakerHook struct {
-	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cb *gobreaker.CircuitBreaker[struct{}]
 }
 
 // passed marks a context whose call the breaker already let through: the commands go-redis
@@ -130,14 +143,7 @@ func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if ctx.Value(passed{}) != nil {
 			return next(ctx, cmd)
 		}
-		done, err := h.cb.Allow()
-		if err != nil {
-			cmd.SetErr(errCircuitOpen)
-			return errCircuitOpen
-		}
-		err = next(context.WithValue(ctx, passed{}, true), cmd)
-		done(err)
-		return err
+		return h.call(ctx, func(ctx context.Context) error { return next(ctx, cmd) }, cmd)
 	}
 }
 
@@ -146,17 +152,24 @@ func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 		if ctx.Value(passed{}) != nil {
 			return next(ctx, cmds)
 		}
-		done, err := h.cb.Allow()
-		if err != nil {
-			for _, c := range cmds {
-				c.SetErr(errCircuitOpen)
-			}
-			return errCircuitOpen
-		}
-		err = next(context.WithValue(ctx, passed{}, true), cmds)
-		done(err)
-		return err
+		return h.call(ctx, func(ctx context.Context) error { return next(ctx, cmds) }, cmds...)
 	}
+}
+
+// call runs one Redis call through the breaker, with ctx marked as passed; while the circuit
+// is open it fails cmds at once with errCircuitOpen. Execute rather than the two-step Allow:
+// its request does not escape, so a call costs no allocation for the breaker's callback.
+func (h breakerHook) call(ctx context.Context, next func(context.Context) error, cmds ...redis.Cmder) error {
+	_, err := h.cb.Execute(func() (struct{}, error) {
+		return struct{}{}, next(context.WithValue(ctx, passed{}, true))
+	})
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		for _, c := range cmds {
+			c.SetErr(errCircuitOpen)
+		}
+		return errCircuitOpen
+	}
+	return err
 }
 
 // registerNearCache exports the near cache's counters: a hit it serves answers X-Cache: hit like

@@ -63,7 +63,7 @@ type Sidecar struct {
 	replica  *replica            // nil unless mysql.replica_dsn
 	redis    redis.UniversalClient
 	faults   *faults.Faults // nil unless configured
-	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
+	breaker  *gobreaker.CircuitBreaker[struct{}]
 	leases   *lease.Leases
 	filters  *bloom.Filters // nil when no entity has a filter
 	reader   *readthrough.Reader

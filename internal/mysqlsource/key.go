@@ -63,6 +63,11 @@ func (k Key) Parse(raw string, maxBytes int) (string, error) {
 	if len(raw) > maxBytes {
 		return "", fmt.Errorf("%w: longer than %d bytes", ErrInvalidID, maxBytes)
 	}
+	if len(k) == 1 {
+		// A one-column key's id is its value as it is: no split, no join, no allocation on the
+		// read path's every request.
+		return k[0].Parse(raw, maxBytes)
+	}
 	values, ok := keys.SplitID(raw, len(k))
 	if !ok {
 		return "", fmt.Errorf("%w: want the values of (%s) joined by ',', with ',' and '%%' in a value written %%2C and %%25",
@@ -116,7 +121,7 @@ func (k KeyPart) Parse(raw string, maxBytes int) (string, error) {
 		if err != nil || raw[0] == '+' {
 			return "", fmt.Errorf("%w: %q is not a %d-bit integer", ErrInvalidID, raw, k.Bits)
 		}
-		return strconv.FormatInt(v, 10), nil
+		return canonical(raw, func() string { return strconv.FormatInt(v, 10) }), nil
 	case KeyUint:
 		if len(raw) > 21 {
 			return "", fmt.Errorf("%w: too long for an integer key", ErrInvalidID)
@@ -125,7 +130,7 @@ func (k KeyPart) Parse(raw string, maxBytes int) (string, error) {
 		if err != nil || raw[0] == '+' {
 			return "", fmt.Errorf("%w: %q is not an unsigned %d-bit integer", ErrInvalidID, raw, k.Bits)
 		}
-		return strconv.FormatUint(v, 10), nil
+		return canonical(raw, func() string { return strconv.FormatUint(v, 10) }), nil
 	case KeyString:
 		if len(raw) > maxBytes {
 			return "", fmt.Errorf("%w: longer than %d bytes", ErrInvalidID, maxBytes)
@@ -146,6 +151,16 @@ func (k KeyPart) Parse(raw string, maxBytes int) (string, error) {
 		return raw, nil
 	}
 	return "", fmt.Errorf("%w: unsupported key type", ErrInvalidID)
+}
+
+// canonical returns raw, an integer that parsed, when it is already in plain decimal (no
+// leading zero, no "-0"), and format() otherwise: ids as clients write them are canonical, and
+// are then used as they came, without a new string.
+func canonical(raw string, format func() string) string {
+	if digits := strings.TrimPrefix(raw, "-"); digits[0] != '0' || raw == "0" {
+		return raw
+	}
+	return format()
 }
 
 // arg converts a canonical value into the typed query argument for the column.

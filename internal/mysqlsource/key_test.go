@@ -115,3 +115,20 @@ func FuzzKeyParse(f *testing.F) {
 		}
 	})
 }
+
+// TestKeyParseAllocs: parsing a canonical id of a one-column key, what every read does, takes
+// no allocation.
+func TestKeyParseAllocs(t *testing.T) {
+	for _, tt := range []struct {
+		key Key
+		raw string
+	}{
+		{Key{{Kind: KeyUint, Bits: 64}}, "4242"},
+		{Key{{Kind: KeyInt, Bits: 32}}, "-4242"},
+		{Key{{Kind: KeyString, MaxChars: 8}}, "JP-4242"},
+	} {
+		if n := testing.AllocsPerRun(100, func() { tt.key.Parse(tt.raw, 64) }); n != 0 {
+			t.Errorf("Parse(%q) made %v allocations, want 0", tt.raw, n)
+		}
+	}
+}

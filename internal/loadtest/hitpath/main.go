@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -27,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sidecache/sidecache/internal/devstack"
+	"github.com/sidecache/sidecache/internal/loadtest/result"
 )
 
 func main() {
@@ -42,12 +44,13 @@ func main() {
 	calibrate := flag.Bool("calibrate", false, "measure a second bare handler in sidecache's place: the noise floor of the ratio")
 	near := flag.Bool("near", false, "turn sidecache's near cache on (near_cache.enabled)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of sidecache during its first timed round to this file")
+	heapProfile := flag.String("heapprofile", "", "write a heap profile of sidecache after the timed rounds to this file")
 	flag.Parse()
 	var err error
 	if *bare {
 		err = serveBare(*redisAddr, *listen)
 	} else {
-		err = run(*bin, *keys, *duration, *rounds, *conns, *threads, *calibrate, *near, *cpuProfile)
+		err = run(*bin, *keys, *duration, *rounds, *conns, *threads, *calibrate, *near, *cpuProfile, *heapProfile)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hitpath:", err)
@@ -73,7 +76,7 @@ func serveBare(redisAddr, listen string) error {
 	return http.ListenAndServe(listen, mux)
 }
 
-func run(bin string, keys int, duration time.Duration, rounds, conns, threads int, calibrate, near bool, cpuProfile string) error {
+func run(bin string, keys int, duration time.Duration, rounds, conns, threads int, calibrate, near bool, cpuProfile, heapProfile string) error {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return errors.New("wrk is not installed (make deps-bench installs it)")
 	}
@@ -106,7 +109,7 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 		doc += "near_cache:\n  enabled: true\n"
 	}
 	pprofAddr := ""
-	if cpuProfile != "" {
+	if cpuProfile != "" || heapProfile != "" {
 		pprofAddr = freeAddr()
 		doc += fmt.Sprintf("pprof_listen: %q\n", pprofAddr)
 	}
@@ -143,7 +146,10 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 			return err
 		}
 	}
-	idleRSS, _ := memKiB(sc.cmd.Process.Pid, "VmRSS")
+	idleRSS, err := memKiB(sc.cmd.Process.Pid, "VmRSS")
+	if err != nil {
+		return err
+	}
 
 	// Warm: every id is loaded once through sidecache, so every later read is a hit.
 	for id := 1; id <= keys; id++ {
@@ -185,7 +191,9 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	fmt.Printf("wrk -t%d -c%d -d%s --latency, %d cached ids, %d alternating rounds, GOMAXPROCS %s, %d CPUs\n\n",
 		threads, conns, duration, keys, rounds, orDefault(os.Getenv("GOMAXPROCS"), "default"), numCPU())
 	fmt.Printf("%-6s %-10s %12s %10s %10s %10s\n", "round", "server", "req/s", "p50", "p99", "non-2xx")
-	var scRates, bareRates, ratios []float64
+	// cpuPerReq is sidecache's CPU time per request answered in each of its rounds, in µs: unlike
+	// the rates, it hardly moves when other work on the machine takes the CPUs.
+	var scRates, bareRates, ratios, cpuPerReq []float64
 	for r := 1; r <= rounds; r++ {
 		// Alternate which server goes first, so drift in the machine's state favours neither.
 		targets := []struct{ name, addr string }{{measuredName, measured}, {"bare", bareAddr}}
@@ -199,14 +207,26 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 				i = 1
 			}
 			profiled := make(chan error, 1)
-			if r == 1 && target.addr == scAddr && pprofAddr != "" {
-				go func() { profiled <- profile(pprofAddr, duration-time.Second, cpuProfile) }()
+			if r == 1 && target.addr == scAddr && cpuProfile != "" {
+				url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int((duration - time.Second).Seconds()))
+				go func() { profiled <- profile(url, cpuProfile) }()
 			} else {
 				profiled <- nil
+			}
+			cpu0, err := cpuSeconds(sc.cmd.Process.Pid)
+			if err != nil {
+				return err
 			}
 			res, err := runWrk(ctx, target.addr, script, duration, conns, threads)
 			if err != nil {
 				return err
+			}
+			cpu1, err := cpuSeconds(sc.cmd.Process.Pid)
+			if err != nil {
+				return err
+			}
+			if target.addr == scAddr && res.requests > 0 {
+				cpuPerReq = append(cpuPerReq, (cpu1-cpu0)/float64(res.requests)*1e6)
 			}
 			if err := <-profiled; err != nil {
 				return err
@@ -225,8 +245,21 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	if err != nil {
 		return err
 	}
-	loadRSS, _ := memKiB(sc.cmd.Process.Pid, "VmRSS")
-	peakRSS, _ := memKiB(sc.cmd.Process.Pid, "VmHWM")
+	loadRSS, err := memKiB(sc.cmd.Process.Pid, "VmRSS")
+	if err != nil {
+		return err
+	}
+	peakRSS, err := memKiB(sc.cmd.Process.Pid, "VmHWM")
+	if err != nil {
+		return err
+	}
+	if heapProfile != "" {
+		// Once the RSS is read, since the collection it asks for could lower it; after that
+		// collection, what is in use is what the load left live.
+		if err := profile(fmt.Sprintf("http://%s/debug/pprof/heap?gc=1", pprofAddr), heapProfile); err != nil {
+			return err
+		}
+	}
 	var total float64
 	for _, r := range scRates {
 		total += r * duration.Seconds()
@@ -237,22 +270,55 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 		target = "2.0"
 	}
 	fmt.Printf("ratio %s/bare per round: %s; median %.3f (target >= %s)\n", measuredName, fmtRatios(ratios), median(ratios), target)
+	if len(cpuPerReq) > 0 {
+		fmt.Printf("sidecache CPU per request (user+system) per round: %s µs; median %.1f µs\n", fmtRatios(cpuPerReq), median(cpuPerReq))
+	}
 	fmt.Printf("sidecache RSS: %.1f MiB idle (started, nothing cached), %.1f MiB after the load, %.1f MiB at its peak\n",
 		float64(idleRSS)/1024, float64(loadRSS)/1024, float64(peakRSS)/1024)
 	if !calibrate {
 		fmt.Printf("sidecache answered %.0f of about %.0f timed requests as X-Cache hits, %.0f of them from the near cache\n",
 			hitsAfter-hitsBefore, total, nearAfter-nearBefore)
 	}
+	return printFigures(os.Stdout, measuredName, near, scRates, bareRates, cpuPerReq, idleRSS, peakRSS)
+}
+
+// printFigures writes the run's figures as RESULT lines (package result), for `make bench`:
+// the measured server's rate per round anchored on the bare handler's rate in the same round,
+// and sidecache's resident memory.
+func printFigures(w io.Writer, measuredName string, near bool, rates, bareRates, cpuPerReq []float64, idleKiB, peakKiB int64) error {
+	name, goal, suffix := "hit path req/s", "ratio >= 0.95", ""
+	if near {
+		name, goal, suffix = name+", near cache", "ratio >= 2.0", " near cache"
+	}
+	if measuredName != "sidecache" {
+		name += " (" + measuredName + ", calibration)"
+	}
+	figs := []result.Figure{
+		{Name: name, Unit: "req/s", Values: rates, Anchor: "bare net/http + go-redis GET", AnchorValues: bareRates, Ratio: true, Goal: goal},
+		{Name: "sidecache RSS idle" + suffix, Unit: "MiB", Values: []float64{float64(idleKiB) / 1024}},
+		{Name: "sidecache RSS peak under load" + suffix, Unit: "MiB", Values: []float64{float64(peakKiB) / 1024}},
+	}
+	if len(cpuPerReq) > 0 {
+		figs = append(figs, result.Figure{Name: "sidecache CPU per hit" + suffix, Unit: "µs", Values: cpuPerReq})
+	}
+	for _, f := range figs {
+		if err := f.Print(w); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// profile saves a CPU profile of d from the pprof endpoint at addr.
-func profile(addr string, d time.Duration, path string) error {
-	res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+// profile saves the profile that url (a pprof endpoint of sidecache's) answers to path.
+func profile(url, path string) error {
+	res, err := http.Get(url)
 	if err != nil {
 		return err
 	}
 	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, res.Status)
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -278,14 +344,43 @@ func memKiB(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
+// cpuSeconds is the CPU time process pid has used so far, user and system, from /proc.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses and may hold spaces: utime and
+	// stime are the 14th and 15th fields of the line, the 12th and 13th after the name.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return (utime + stime) / userHZ, nil
+}
+
+// userHZ is the unit of the times in /proc/PID/stat: USER_HZ, 100 on every Linux ABI Go runs on.
+const userHZ = 100
+
 type wrkResult struct {
 	rate     float64
+	requests int64
 	p50, p99 string
 	errors   int
 }
 
 var (
 	reqsPerSec = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reqsDone   = regexp.MustCompile(`(\d+) requests in `)
 	pct        = regexp.MustCompile(`(?m)^\s+(50|99)%\s+(\S+)`)
 	non2xx     = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
 	socketErrs = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
@@ -303,6 +398,9 @@ func runWrk(ctx context.Context, addr, script string, d time.Duration, conns, th
 	}
 	var r wrkResult
 	r.rate, _ = strconv.ParseFloat(string(m[1]), 64)
+	if m := reqsDone.FindSubmatch(out); m != nil {
+		r.requests, _ = strconv.ParseInt(string(m[1]), 10, 64)
+	}
 	for _, p := range pct.FindAllSubmatch(out, -1) {
 		if string(p[1]) == "50" {
 			r.p50 = string(p[2])
