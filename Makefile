@@ -16,6 +16,7 @@ all: build
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/sidecache
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)-demo ./cmd/sidecache-demo
 
 # deps installs Debian's mariadb-server and redis-server when they are missing.
 deps:

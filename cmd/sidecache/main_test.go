@@ -113,6 +113,26 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// TestDemoHandsOver: `sidecache demo` runs sidecache-demo from next to the binary, telling it
+// which sidecache to run, and says what is missing when it is not there.
+func TestDemoHandsOver(t *testing.T) {
+	cmd := exec.Command(bin, "demo", "breakdown")
+	cmd.Env = append(os.Environ(), "PATH=/nonexistent")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "sidecache-demo, neither next to") {
+		t.Errorf("without sidecache-demo: %v, %q", err, out)
+	}
+	demo := filepath.Join(filepath.Dir(bin), "sidecache-demo")
+	if err := os.WriteFile(demo, []byte("#!/bin/sh\necho \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(demo)
+	out, err = exec.Command(bin, "demo", "stale", "--out", "x").Output()
+	if want := "--sidecache " + bin + " stale --out x\n"; err != nil || string(out) != want {
+		t.Errorf("handed over as %q, %v; want %q", out, err, want)
+	}
+}
+
 func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	path, listen := setup(t, "cmd_drain", "log:\n  format: text\nentities:\n  - name: items\n")
 	cmd := exec.Command(bin, "serve", "--config", path)
