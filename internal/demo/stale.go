@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -16,13 +17,14 @@ import (
 )
 
 const (
-	staleRows     = 200
-	staleReaders  = 100
-	staleWriters  = 8
-	staleFor      = 10 * time.Second
-	staleTxnWork  = 2 * time.Millisecond // the application's work between its UPDATE and COMMIT
-	staleSettle   = 2 * time.Second      // after the writes: past the double delete and the binlog's lag
-	staleSidecars = 2
+	staleRows      = 200
+	staleReaders   = 100
+	staleWriters   = 8
+	staleFor       = 10 * time.Second
+	staleTxnWork   = 2 * time.Millisecond // the application's work between its UPDATE and COMMIT
+	staleSettle    = 2 * time.Second      // after the writes: past the double delete and the binlog's lag
+	staleSettleMax = 8 * time.Second      // and for keys still stale then, past a chain of failed retries
+	staleSidecars  = 2
 )
 
 // The write orders, in the variants' order.
@@ -39,14 +41,14 @@ var stale = &Demo{
 	Explain: fmt.Sprintf("%d writers update %d rows (a version number goes up with each write, and each transaction does "+
 		"%v of work between its UPDATE and its COMMIT) while %d clients read them through %d sidecars for %v. "+
 		"A read is stale when it returns an older version than one whose commit had returned before the read was sent; "+
-		"a key is stale after settling when, %v after the writes stop, the cache still holds an old version, which it "+
-		"then serves until its TTL ends (an hour here). Deleting the key before the update lets a reader put the old row "+
+		"a key is stale after settling when, %v after the writes stop (or up to %v while stale keys are still being "+
+		"fixed), the cache still holds an old version, which it then serves until its TTL ends (an hour here). Deleting the key before the update lets a reader put the old row "+
 		"back while the transaction runs, and it stays. Deleting after the commit is right almost always, but a reader "+
 		"that loaded the old row just before the commit can fill it just after the delete. Deleting again after a delay "+
 		"(sidecache's invalidate, or its binlog tail) removes what such a reader put back. The binlog tail deletes "+
 		"a few milliseconds after the commit, so reads in between still see the old row, but it sees every writer's "+
 		"changes, not only this application's, and leaves nothing stale behind.",
-		staleWriters, staleRows, staleTxnWork, staleReaders, staleSidecars, staleFor, staleSettle),
+		staleWriters, staleRows, staleTxnWork, staleReaders, staleSidecars, staleFor, staleSettle, staleSettleMax),
 	Variants: []Variant{
 		{Short: "delete, then update", Label: "the application deletes the key in Redis, then updates MySQL"},
 		{Short: "update, then delete", Label: "the application updates MySQL, then deletes the key in Redis"},
@@ -178,20 +180,21 @@ func runWrites(ctx context.Context, env *Env, o writes) error {
 	if writeErr != nil {
 		return writeErr
 	}
-	// Let what is on its way land, then read every row once through a sidecar.
+	// Let what is on its way land (second deletes, the binlog tail, retries through Kafka),
+	// then read every row through a sidecar. Keys still stale are looked at again until
+	// staleSettleMax: a retry that failed several times in a row may take a few seconds, and
+	// what is still stale then stays for its TTL.
+	stopped := time.Now()
 	time.Sleep(staleSettle)
 	left := 0
-	for id := 1; id <= staleRows; id++ {
-		res, err := client.Get(fmt.Sprintf("http://%s/v1/items/%d", addrs[0], id))
-		if err != nil {
+	for {
+		if left, err = countStale(client, addrs[0], committed); err != nil {
 			return err
 		}
-		var body [256]byte
-		n, _ := res.Body.Read(body[:])
-		res.Body.Close()
-		if versionOf(body[:n]) < committed[id].Load() {
-			left++
+		if left == 0 || time.Since(stopped) >= staleSettleMax {
+			break
 		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	env.rec.AddExtra("stale keys left after settling", "%d of %d", left, staleRows)
 	if o.appDeleteFailure > 0 {
@@ -201,6 +204,27 @@ func runWrites(ctx context.Context, env *Env, o writes) error {
 		o.after(addrs)
 	}
 	return nil
+}
+
+// countStale reads every row through the sidecar at addr and counts those older than
+// committed says.
+func countStale(client *http.Client, addr string, committed []atomic.Int64) (int, error) {
+	n := 0
+	for id := 1; id <= staleRows; id++ {
+		res, err := client.Get(fmt.Sprintf("http://%s/v1/items/%d", addr, id))
+		if err != nil {
+			return 0, err
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil {
+			return 0, err
+		}
+		if versionOf(body) < committed[id].Load() {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // versionOf reads the version column of a row's JSON; -1 when it cannot.
