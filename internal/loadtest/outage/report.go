@@ -75,8 +75,9 @@ func statusName(s int16) string {
 // traffic prints the run second by second, then by phase, and the outage's figures.
 func (r *report) traffic() {
 	o := r.o
-	r.selectLimit = int64(o.sidecars * o.maxDBRate)
-	r.selectLimitText = fmt.Sprintf("%d/s, %d sidecars x max_db_rate %d", r.selectLimit, o.sidecars, o.maxDBRate)
+	// Each sidecar's limiter lets max_db_rate through a second, and a tenth more in a burst.
+	r.selectLimit = int64(o.sidecars * (o.maxDBRate + max(1, o.maxDBRate/10)))
+	r.selectLimitText = fmt.Sprintf("%d/s, %d sidecars x 1.1 max_db_rate %d", r.selectLimit, o.sidecars, o.maxDBRate)
 	if r.mode == "unavailable" {
 		r.selectLimit, r.selectLimitText = 5, "5/s, next to none"
 	}
