@@ -141,7 +141,7 @@ func printTable(out io.Writer, figs []result.Figure) {
 	for _, f := range figs {
 		anchor, ratio := "", ""
 		if len(f.AnchorValues) > 0 {
-			anchor = fmt.Sprintf("%s %s", num(median(f.AnchorValues)), f.Anchor)
+			anchor = fmt.Sprintf("%s %s", num(result.Median(f.AnchorValues)), f.Anchor)
 		}
 		var ratios []float64
 		if f.Ratio {
@@ -151,11 +151,11 @@ func printTable(out io.Writer, figs []result.Figure) {
 				}
 			}
 			if len(ratios) > 0 {
-				ratio = fmt.Sprintf("%.3f / %.3f / %.3f", slices.Min(ratios), median(ratios), slices.Max(ratios))
+				ratio = fmt.Sprintf("%.3f / %.3f / %.3f", slices.Min(ratios), result.Median(ratios), slices.Max(ratios))
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Name, f.Unit, len(f.Values),
-			num(slices.Min(f.Values)), num(median(f.Values)), num(slices.Max(f.Values)), anchor, ratio, f.Goal, met(f, ratios))
+			num(slices.Min(f.Values)), num(result.Median(f.Values)), num(slices.Max(f.Values)), anchor, ratio, f.Goal, met(f, ratios))
 	}
 	tw.Flush()
 }
@@ -175,7 +175,7 @@ func met(f result.Figure, ratios []float64) string {
 	if err != nil {
 		return ""
 	}
-	got := median(subject)
+	got := result.Median(subject)
 	switch fields[0] {
 	case ">=":
 		return yesNo(got >= want)
@@ -190,14 +190,6 @@ func yesNo(ok bool) string {
 		return "yes"
 	}
 	return "NO"
-}
-
-func median(vs []float64) float64 {
-	s := slices.Sorted(slices.Values(vs))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // num prints v with the precision a table needs: whole numbers from 100 up.

@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -264,14 +263,14 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	for _, r := range scRates {
 		total += r * duration.Seconds()
 	}
-	fmt.Printf("\nmedian req/s: %s %.0f, bare %.0f\n", measuredName, median(scRates), median(bareRates))
+	fmt.Printf("\nmedian req/s: %s %.0f, bare %.0f\n", measuredName, result.Median(scRates), result.Median(bareRates))
 	target := "0.95"
 	if near {
 		target = "2.0"
 	}
-	fmt.Printf("ratio %s/bare per round: %s; median %.3f (target >= %s)\n", measuredName, fmtRatios(ratios), median(ratios), target)
+	fmt.Printf("ratio %s/bare per round: %s; median %.3f (target >= %s)\n", measuredName, fmtRatios(ratios), result.Median(ratios), target)
 	if len(cpuPerReq) > 0 {
-		fmt.Printf("sidecache CPU per request (user+system) per round: %s µs; median %.1f µs\n", fmtRatios(cpuPerReq), median(cpuPerReq))
+		fmt.Printf("sidecache CPU per request (user+system) per round: %s µs; median %.1f µs\n", fmtRatios(cpuPerReq), result.Median(cpuPerReq))
 	}
 	fmt.Printf("sidecache RSS: %.1f MiB idle (started, nothing cached), %.1f MiB after the load, %.1f MiB at its peak\n",
 		float64(idleRSS)/1024, float64(loadRSS)/1024, float64(peakRSS)/1024)
@@ -478,15 +477,6 @@ func freeAddr() string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func fmtRatios(xs []float64) string {
