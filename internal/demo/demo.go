@@ -199,7 +199,7 @@ func runOnce(ctx context.Context, stack *devstack.Stack, o Options, d *Demo, v i
 		return Series{}, err
 	}
 	env := &Env{Stack: stack, Bin: o.Bin, DB: db, DSN: dsn, Root: root, Redis: rc, Prefix: db + ":",
-		Logf: logf, rec: newRecorder(label, o.Bucket, root, o.Live)}
+		rec: newRecorder(label, o.Bucket, root, o.Live)}
 	defer env.stopSidecars()
 	logf("%s: %s", label, d.Variants[v].Label)
 	if err := d.Run(ctx, env, v); err != nil {
@@ -220,7 +220,6 @@ type Env struct {
 	Root   *sql.DB
 	Redis  *redis.Client
 	Prefix string // the sidecars' redis.key_prefix
-	Logf   func(format string, args ...any)
 
 	rec      *Recorder
 	recorded bool

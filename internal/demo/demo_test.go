@@ -59,7 +59,8 @@ func TestDemos(t *testing.T) {
 	}
 }
 
-// checkFigures asserts what holds in every run of a correct build, whatever the timing.
+// checkFigures asserts what holds in every run of a correct build, whatever the timing, but
+// for the bound stated at failed-deletes.
 func checkFigures(t *testing.T, r Report) {
 	for v, s := range r.Runs {
 		if s.Requests == 0 {
@@ -94,6 +95,9 @@ func checkFigures(t *testing.T, r Report) {
 			}
 		}
 	case "failed-deletes":
+		// The retries settle within the demo's 15 s unless one key's DEL fails 14 times in a
+		// row (backoff 50 ms doubling to 1 s, at most +50% each): at 20% a try, 0.2¹⁴ times the
+		// ~2,000 failed DELs of a run, about one run in three million.
 		if got := on.Extra("stale keys left after settling"); !strings.HasPrefix(got, "0 of") {
 			t.Errorf("with retries through Kafka: stale keys left after settling: %s", got)
 		}

@@ -23,7 +23,7 @@ const (
 	staleFor       = 10 * time.Second
 	staleTxnWork   = 2 * time.Millisecond // the application's work between its UPDATE and COMMIT
 	staleSettle    = 2 * time.Second      // after the writes: past the double delete and the binlog's lag
-	staleSettleMax = 8 * time.Second      // and for keys still stale then, past a chain of failed retries
+	staleSettleMax = 15 * time.Second     // and for keys still stale then, past a chain of failed retries
 	staleSidecars  = 2
 )
 

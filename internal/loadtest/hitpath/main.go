@@ -81,24 +81,11 @@ func run(bin string, keys int, duration time.Duration, rounds, conns, threads in
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	stack, err := devstack.Start(ctx, devstack.Options{})
+	stack, dsn, err := devstack.StartSample(ctx, devstack.Options{}, "bench", keys, 1)
 	if err != nil {
 		return err
 	}
 	defer stack.Stop()
-	dsn, err := stack.CreateDatabase(ctx, "bench")
-	if err != nil {
-		return err
-	}
-	root, err := stack.Root("bench")
-	if err != nil {
-		return err
-	}
-	err = devstack.SeedSample(ctx, root, keys, 1)
-	root.Close()
-	if err != nil {
-		return err
-	}
 
 	scAddr, bareAddr := freeAddr(), freeAddr()
 	cfg := filepath.Join(stack.Dir, "bench.yaml")
