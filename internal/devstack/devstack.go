@@ -453,7 +453,14 @@ func dsnAt(addr, user, password, db string) string {
 
 // Root opens a root connection to database db (db may be empty).
 func (s *Stack) Root(db string) (*sql.DB, error) {
-	return sql.Open("mysql", s.DSN("root", "", db))
+	root, err := sql.Open("mysql", s.DSN("root", "", db))
+	if err != nil {
+		return nil, err
+	}
+	// database/sql keeps 2 idle connections by default: concurrent writers beyond that open
+	// and close a connection per statement, and their handshakes, not the writes, set the pace.
+	root.SetMaxIdleConns(64)
+	return root, nil
 }
 
 // CreateDatabase creates database name and a user of the same name and password that may
