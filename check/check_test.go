@@ -223,6 +223,74 @@ func TestCompositeKeys(t *testing.T) {
 	}
 }
 
+// TestChecksLookups checks a lookup's keys, named by the values of a unique key, as an
+// entity's: a stale row, a null marker for a value that exists and a ghost are each counted.
+// Unique keys may hold NULLs, which no lookup value names: those rows are passed over, also
+// when the last row in key order has one.
+func TestChecksLookups(t *testing.T) {
+	ctx := context.Background()
+	// 30 users: email NULL for every 5th (24 values); org NULL for every 7th and handle for
+	// every 4th (20 (org, handle) pairs). User 30's email is NULL and sorts last by handle.
+	d := devstack.NewDatabase(t, stack, "", `
+		CREATE TABLE users (id INT NOT NULL PRIMARY KEY, email VARCHAR(40), org INT, handle VARCHAR(20),
+			UNIQUE KEY (email), UNIQUE KEY (org, handle)) CHARACTER SET utf8mb4;
+		INSERT INTO users SELECT seq, IF(seq % 5 = 0, NULL, CONCAT('u', seq, '@example.com')),
+			IF(seq % 7 = 0, NULL, seq % 3), IF(seq % 4 = 0, NULL, CONCAT('h', seq)) FROM seq_1_to_30;
+		INSERT INTO users VALUES (31, 'zz@example.com', 99, NULL)`)
+	db, schema, err := mysqlsource.Open(d.DSN, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	byEmail, byHandle := keys.Lookup("users", "by-email"), keys.Lookup("users", "by-handle")
+	specs := []mysqlsource.Spec{{Name: "users", Table: "users", Lookups: []mysqlsource.LookupSpec{
+		{Name: "by-email", Columns: []string{"email"}}, {Name: "by-handle", Columns: []string{"org", "handle"}}}}}
+	src, err := mysqlsource.New(ctx, db, schema, specs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(src.Close)
+	g := &rig{t: t, db: d, src: src, rc: stack.Client(t), prefix: d.Name + ":"}
+
+	g.plant(byEmail, "u1@example.com", readthrough.Cached{Row: g.row(byEmail, "u1@example.com")})
+	g.plant(byEmail, "u2@example.com", readthrough.Cached{Row: g.row(byEmail, "u3@example.com")})   // stale
+	g.plant(byEmail, "u6@example.com", readthrough.Cached{Null: true})                              // wrongly missing
+	g.plant(byEmail, "none@example.com", readthrough.Cached{Null: true})                            // rightly missing
+	g.plant(byEmail, "gone@example.com", readthrough.Cached{Row: g.row(byEmail, "u9@example.com")}) // ghost
+	g.plant(byHandle, keys.JoinID([]string{"1", "h1"}), readthrough.Cached{Row: g.row(byHandle, "1,h1")})
+	g.plant(byHandle, keys.JoinID([]string{"2", "h2"}), readthrough.Cached{Row: g.row(byHandle, "1,h1")}) // stale
+	g.plant(byHandle, keys.JoinID([]string{"9", "h1"}), readthrough.Cached{Row: g.row(byHandle, "1,h1")}) // ghost
+
+	c := check.New(check.Options{Redis: g.rc, Source: src, Prefix: g.prefix, Settle: 100 * time.Millisecond, Rate: 1e6,
+		Entities: []check.Entity{{Name: "users", Key: src.Entity("users").Key},
+			{Name: byEmail, Key: src.Entity(byEmail).Key}, {Name: byHandle, Key: src.Entity(byHandle).Key}}})
+	want := map[string]check.Counts{
+		"users":  {NotCached: 31},
+		byEmail:  {Checked: 5, Stale: 1, Ghost: 1, WronglyMissing: 1, NotCached: 22},
+		byHandle: {Checked: 3, Stale: 1, Ghost: 1, NotCached: 18},
+	}
+	wantLasting := map[string]string{
+		"users":  "[]",
+		byEmail:  "[{u2@example.com stale} {u6@example.com wrongly missing} {gone@example.com ghost}]",
+		byHandle: "[{2,h2 stale} {9,h1 ghost}]",
+	}
+	// The tables are smaller than the sample: it reads them whole, as --all does.
+	for _, r := range []check.Round{{All: true}, {Sample: 100}} {
+		rep := g.run(c, r)
+		if len(rep.Entities) != 3 {
+			t.Fatalf("%+v: %d entities reported, want 3", r, len(rep.Entities))
+		}
+		for _, er := range rep.Entities {
+			if er.Counts != want[er.Entity] {
+				t.Errorf("%+v: %s: got %+v, want %+v", r, er.Entity, er.Counts, want[er.Entity])
+			}
+			if got := fmt.Sprint(sorted(er.Lasting)); got != wantLasting[er.Entity] {
+				t.Errorf("%+v: %s: lasting %s, want %s", r, er.Entity, got, wantLasting[er.Entity])
+			}
+		}
+	}
+}
+
 // sorted orders mismatches by id, shorter ids first: numerically for the test's integers.
 func sorted(ms []check.Mismatch) []check.Mismatch {
 	out := append([]check.Mismatch(nil), ms...)

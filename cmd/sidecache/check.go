@@ -18,6 +18,7 @@ import (
 
 	"github.com/sidecache/sidecache/check"
 	"github.com/sidecache/sidecache/internal/config"
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/sidecar"
 )
 
@@ -25,12 +26,29 @@ import (
 // sidecar's own ports.
 const defaultMetricsListen = "127.0.0.1:9465"
 
+// checkedNames returns what --entity name checks: an entity and its lookups, or one lookup
+// (keys.Lookup's ENTITY/LOOKUP); nil if it names neither. An empty name names everything.
+func checkedNames(cfg *config.Config, name string) []string {
+	var names []string
+	for _, e := range cfg.Entities {
+		if name == "" || name == e.Name {
+			names = append(names, e.Name)
+		}
+		for _, l := range e.Lookups {
+			if l := keys.Lookup(e.Name, l.Name); name == "" || name == e.Name || name == l {
+				names = append(names, l)
+			}
+		}
+	}
+	return names
+}
+
 // runCheck is `sidecache check`: the cache against MySQL, once or every so often.
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "configuration file (YAML)")
-	entity := fs.String("entity", "", "entity to check (default: every configured entity)")
+	entity := fs.String("entity", "", "entity to check with its lookups, or one lookup as `ENTITY/LOOKUP` (default: every configured entity and lookup)")
 	sample := fs.Int("sample", check.DefaultSample, "ids to check per entity and round: up to half from the cache's keys, the rest from random ranges of the table's")
 	all := fs.Bool("all", false, "check every row of each table and every key of each entity in the cache instead of a sample")
 	rate := fs.Float64("rate", check.DefaultRate, "most ids read per second, each one Redis GET and one row from MySQL")
@@ -68,10 +86,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	round := check.Round{Sample: *sample, All: *all}
 	if *entity != "" {
-		if cfg.Entity(*entity) == nil {
-			return fmt.Errorf("%s: %w %q (configured: %s)", *path, check.ErrUnknownEntity, *entity, strings.Join(cfg.EntityNames(), ", "))
+		if round.Entities = checkedNames(cfg, *entity); round.Entities == nil {
+			return fmt.Errorf("%s: %w %q (configured: %s)", *path, check.ErrUnknownEntity, *entity, strings.Join(checkedNames(cfg, ""), ", "))
 		}
-		round.Entities = []string{*entity}
 	}
 	log := newLogger(cfg.Log, stderr)
 	redis.SetLogger(redisLogger{log}) // as in serve: an outage is reported once, by the round that fails

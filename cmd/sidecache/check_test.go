@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -191,11 +192,12 @@ func TestCheckEveryExportsMetrics(t *testing.T) {
 // that change while the check reads them: the changes in flight must not count.
 func TestCheckUnderTheBinlogTail(t *testing.T) {
 	const db = "cmd_check_cdc"
-	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
-		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_200;
+	// Each item has a unique code, read through the lookup by-code; items 41-50 have none.
+	root := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20), code VARCHAR(20), UNIQUE KEY (code));
+		INSERT INTO items SELECT seq, CONCAT('item ', seq), IF(seq BETWEEN 41 AND 50, NULL, CONCAT('c', seq)) FROM seq_1_to_200;
 		`+hoTickTable).Root
 	rc := hoRedis(t)
-	cfg := hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: items\n")
+	cfg := hoConfig(db, stack.RedisAddr, hoCDC(db)+"entities:\n  - name: items\n    lookups: [{name: by-code, columns: [code]}]\n")
 	p, _ := hoStartLogged(t, cfg)
 	hoWaitTail(t, root, rc, db)
 	// The leader publishes its status, and its lag, once a second.
@@ -203,24 +205,38 @@ func TestCheckUnderTheBinlogTail(t *testing.T) {
 	devstack.Eventually(t, 10*time.Second, "the leader does not report itself tailing in "+status, func() bool {
 		return strings.Contains(rc.Get(context.Background(), status).Val(), `"state":"tailing"`)
 	})
+	// Items 1-40 are written below; the codes of items 101-140, which are not, stay cached.
+	codes := make(map[int]string)
 	for id := 1; id <= 50; id++ {
 		hoCacheRow(t, p, rc, db, "items", fmt.Sprint(id))
+		if id <= 40 {
+			codes[id] = fmt.Sprintf("c%d", id)
+			hoCacheRow(t, p, rc, db, "items/by-code", codes[id])
+			hoCacheRow(t, p, rc, db, "items/by-code", fmt.Sprintf("c%d", 100+id))
+		}
 	}
 	path := filepath.Join(t.TempDir(), "check.yaml")
 	if err := os.WriteFile(path, []byte(fmt.Sprintf(cfg, "127.0.0.1:0")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
-	// Writes to the cached rows for as long as the check runs, and reads that cache them again.
+	// Writes to the cached rows for as long as the check runs, a fifth of them moving an
+	// item's code, and reads that cache them again, by id and by code.
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for n := 0; ctx.Err() == nil; n++ {
-			id := 1 + rand.IntN(50)
-			root.Exec("UPDATE items SET name = ? WHERE id = ?", fmt.Sprintf("v%d", n), id)
+			id := 1 + rand.IntN(40)
+			if n%5 == 0 {
+				codes[id] = fmt.Sprintf("c%d-%d", id, n)
+				root.Exec("UPDATE items SET code = ? WHERE id = ?", codes[id], id)
+			} else {
+				root.Exec("UPDATE items SET name = ? WHERE id = ?", fmt.Sprintf("v%d", n), id)
+			}
 			hoGet("GET", fmt.Sprintf("http://%s/v1/items/%d", p.addr, 1+rand.IntN(50)))
+			hoGet("GET", fmt.Sprintf("http://%s/v1/items/by-code/%s", p.addr, codes[1+rand.IntN(40)]))
 			time.Sleep(2 * time.Millisecond)
 		}
 	}()
@@ -233,5 +249,25 @@ func TestCheckUnderTheBinlogTail(t *testing.T) {
 	}
 	if strings.Contains(out, "no binlog tail reported its lag") {
 		t.Errorf("the check did not read the tail's lag while a tail ran:\n%s", out)
+	}
+	// The lookup's keys were checked: at least the 40 codes of items no write touched.
+	row := regexp.MustCompile(`(?m)^\s*items/by-code\s+(\d+)\s+0\s+0\s+0\s`)
+	if m := row.FindStringSubmatch(out); m == nil {
+		t.Errorf("no clean items/by-code row in the table:\n%s", out)
+	} else if n, _ := strconv.Atoi(m[1]); n < 40 {
+		t.Errorf("items/by-code: %d checked, want at least the 40 codes no write touched:\n%s", n, out)
+	}
+
+	// A stale row under an untouched item's code: found by checking the lookup alone, and by
+	// checking its entity.
+	stale := readthrough.Cached{Row: []byte(`{"id":120,"name":"item 120 before","code":"c120"}`)}.Encode()
+	if err := rc.Set(context.Background(), keys.Value(db+":", "items/by-code", "c120"), stale, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, entity := range []string{"items/by-code", "items"} {
+		out, errOut, code = runBin(t, "check", "--config", path, "--all", "--entity", entity)
+		if code != 1 || !strings.Contains(out, "lasting mismatches: items/by-code: stale c120") {
+			t.Errorf("--entity %s with a stale row under code c120: exit %d, want 1\nstdout:\n%s\nstderr:\n%s", entity, code, out, errOut)
+		}
 	}
 }

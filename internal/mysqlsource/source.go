@@ -335,10 +335,12 @@ func (s *Source) prepare(ctx context.Context, e *Entity) error {
 	}
 	from := " FROM " + quote(s.schema) + "." + quote(e.Table)
 	e.query = "SELECT " + strings.Join(sel, ", ") + from + " WHERE "
-	ids := "SELECT " + strings.Join(key, ", ") + from
+	// A lookup's unique key may hold NULLs, which no id names: the scans pass over such rows.
+	// (A primary key has none, and the condition costs it nothing.)
+	ids := "SELECT " + strings.Join(key, ", ") + from + " WHERE " + strings.Join(key, " IS NOT NULL AND ") + " IS NOT NULL"
 	order := " ORDER BY " + strings.Join(key, ", ")
-	e.scanFirst = ids + " WHERE " + lexCompare(key, "<=") + order + " LIMIT ?"
-	e.scanNext = ids + " WHERE " + lexCompare(key, ">") + " AND " + lexCompare(key, "<=") + order + " LIMIT ?"
+	e.scanFirst = ids + " AND " + lexCompare(key, "<=") + order + " LIMIT ?"
+	e.scanNext = ids + " AND " + lexCompare(key, ">") + " AND " + lexCompare(key, "<=") + order + " LIMIT ?"
 	e.last = ids + " ORDER BY " + strings.Join(key, " DESC, ") + " DESC LIMIT 1"
 	var err error
 	if e.one, err = s.reads.PrepareContext(ctx, e.query+e.match(1)); err != nil {
