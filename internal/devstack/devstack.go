@@ -1,5 +1,5 @@
-// Package devstack starts a throwaway MariaDB and Redis (standalone, or a master, a replica
-// and Sentinels) as child processes in a temporary directory on free loopback ports. Tests, `make run`, demos and load runs use it so that
+// Package devstack starts a throwaway MariaDB and Redis (standalone, a master, a replica
+// and Sentinels, or a Redis Cluster) as child processes in a temporary directory on free loopback ports. Tests, `make run`, demos and load runs use it so that
 // everything runs against real servers without touching the machine's own services.
 package devstack
 
@@ -42,6 +42,9 @@ type Options struct {
 	// (quorum 2); 1 (quorum 1) starts about 2 s sooner, as it need not wait for the Sentinels
 	// to find each other.
 	Sentinels int
+	// Cluster starts a Redis Cluster of 3 masters and no replicas instead of one Redis server
+	// (see cluster.go): Stack.RedisAddrs are its nodes, RedisAddr the first of them.
+	Cluster bool
 	// LowerCaseTableNames starts MariaDB with lower_case_table_names=1, as servers whose
 	// schemas came from Windows or macOS often run: table names are stored in lower case and
 	// compared without regard to case.
@@ -68,6 +71,9 @@ type Stack struct {
 	SentinelAddrs    []string
 	MasterName       string
 
+	// RedisAddrs are the nodes of the Redis Cluster, with Options.Cluster.
+	RedisAddrs []string
+
 	ownDir bool
 	logf   func(string, ...any)
 
@@ -77,7 +83,10 @@ type Stack struct {
 	replica   *proc // Redis's
 	dbReplica *proc // MariaDB's
 	sentinels []*proc
-	killed    string // the master KillRedisMaster killed last
+	// clusterNodes are the Redis Cluster's servers, their bus ports in clusterBusPorts.
+	clusterNodes    []*proc
+	clusterBusPorts []int
+	killed          string // the master KillRedisMaster killed last
 }
 
 // proc is a started server and a channel closed when it has exited.
@@ -199,7 +208,11 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			}
 		}
 	}
-	if err := s.StartRedis(ctx); err != nil {
+	startRedis := s.StartRedis
+	if opts.Cluster {
+		startRedis = s.startCluster
+	}
+	if err := startRedis(ctx); err != nil {
 		s.Stop()
 		return nil, err
 	}
@@ -425,10 +438,10 @@ func (s *Stack) signalRedis(sig syscall.Signal) error {
 // Stop ends every server and removes the directory if Start created it.
 func (s *Stack) Stop() {
 	s.mu.Lock()
-	m, r, rr, ss, dr := s.mysql, s.redis, s.replica, s.sentinels, s.dbReplica
-	s.mysql, s.redis, s.replica, s.sentinels, s.dbReplica = nil, nil, nil, nil, nil
+	m, r, rr, ss, dr, cn := s.mysql, s.redis, s.replica, s.sentinels, s.dbReplica, s.clusterNodes
+	s.mysql, s.redis, s.replica, s.sentinels, s.dbReplica, s.clusterNodes = nil, nil, nil, nil, nil, nil
 	s.mu.Unlock()
-	for _, p := range ss {
+	for _, p := range append(ss, cn...) {
 		p.stop()
 	}
 	rr.stop()

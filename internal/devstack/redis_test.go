@@ -23,14 +23,7 @@ func TestSentinelFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	s, err := devstack.Start(ctx, devstack.Options{RedisOnly: true, Sentinel: true, Logf: t.Logf})
-	if errors.Is(err, devstack.ErrNotInstalled) && !devstack.Required() {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
+	s := devstack.StartFor(t, devstack.Options{RedisOnly: true, Sentinel: true, Logf: t.Logf})
 	t.Logf("master, replica and %d sentinels ready in %v", len(s.SentinelAddrs), time.Since(start).Round(time.Millisecond))
 	if len(s.SentinelAddrs) != 3 || s.MasterName == "" || s.RedisReplicaAddr == "" {
 		t.Fatalf("sentinels %v, master name %q, replica %q", s.SentinelAddrs, s.MasterName, s.RedisReplicaAddr)

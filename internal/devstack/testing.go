@@ -3,6 +3,7 @@ package devstack
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -40,6 +41,24 @@ func RunTests(m *testing.M, opts Options, dst **Stack) int {
 
 // Main is an integration test package's whole TestMain: RunTests, then exit with its code.
 func Main(m *testing.M, opts Options, dst **Stack) { os.Exit(RunTests(m, opts, dst)) }
+
+// StartFor starts a stack of the test's own with opts and stops it when the test ends (Stop
+// may also be called before). When the servers are not installed the test is skipped, unless
+// Required, where that is a failure.
+func StartFor(tb testing.TB, opts Options) *Stack {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := Start(ctx, opts)
+	if errors.Is(err, ErrNotInstalled) && !Required() {
+		tb.Skip(err)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
 
 // Client returns a Redis client on the stack's Redis, closed when the test ends.
 func (s *Stack) Client(tb testing.TB) *redis.Client {
