@@ -26,31 +26,35 @@ type cluster struct {
 	t     *testing.T
 	db    string
 	root  *sql.DB
-	rc    *redis.Client
+	rc    redis.UniversalClient
 	addrs []string
 	procs []*exec.Cmd
 }
 
 // startCluster starts n serve processes with the lease on or off.
 func startCluster(t *testing.T, db string, n int, lease bool, leaseTTL time.Duration) *cluster {
+	return startClusterOn(t, stack, db, 10, n, lease, leaseTTL)
+}
+
+// startClusterOn is startCluster on stack s (its Redis may be a Redis Cluster), with rows items.
+func startClusterOn(t *testing.T, s *devstack.Stack, db string, rows, n int, lease bool, leaseTTL time.Duration) *cluster {
 	t.Helper()
 	c := &cluster{t: t, db: db}
-	d := devstack.NewDatabase(t, stack, db, `CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
-		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_10`)
+	d := devstack.NewDatabase(t, s, db, fmt.Sprintf(`CREATE TABLE items (id INT NOT NULL PRIMARY KEY, name VARCHAR(20));
+		INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_%d`, rows))
 	dsn := d.DSN
 	c.root = d.Root
-	s := stack
-	c.rc = s.Client(t)
+	c.rc = s.UniversalClient(t)
 	for range n {
 		p := startServe(t, fmt.Sprintf(`listen: %%s
 log: {format: text}
 limits: {request_timeout: 20s}
 mysql: {dsn: %q, query_timeout: 15s, max_open_conns: 4}
-redis: {addrs: [%q], key_prefix: %q}
+redis: {addrs: %s, key_prefix: %q}
 lease: {enabled: %t, ttl: %q, wait: 15s}
 entities:
   - name: items
-`, dsn, s.RedisAddr, db+":", lease, leaseTTL.String()))
+`, dsn, addrsYAML(s), db+":", lease, leaseTTL.String()))
 		c.addrs = append(c.addrs, p.addr)
 		c.procs = append(c.procs, p.cmd)
 	}

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sidecache/sidecache/internal/devstack"
+	"github.com/sidecache/sidecache/internal/keys"
+)
+
+// addrsYAML is the redis.addrs list of a config for the stack's Redis.
+func addrsYAML(s *devstack.Stack) string {
+	b, _ := json.Marshal(s.RedisConfigAddrs()) // a JSON list of strings is a YAML flow list
+	return string(b)
+}
+
+// replaceOnce replaces old in s once, and fails the test when s does not hold it.
+func replaceOnce(t *testing.T, s, old, new string) string {
+	t.Helper()
+	if !strings.Contains(s, old) {
+		t.Fatalf("%q is not in:\n%s", old, s)
+	}
+	return strings.Replace(s, old, new, 1)
+}
+
+// masterOf returns a client of the cluster master that holds key: in a cluster of masters
+// only, it holds the key for the whole test.
+func masterOf(t *testing.T, cc redis.UniversalClient, key string) *redis.Client {
+	t.Helper()
+	m, err := cc.(*redis.ClusterClient).MasterForKey(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := redis.NewClient(&redis.Options{Addr: m.Options().Addr})
+	t.Cleanup(func() { rc.Close() })
+	return rc
+}
+
+// keysPerMaster counts the keys matching pattern on each master of the cluster.
+func keysPerMaster(t *testing.T, cc redis.UniversalClient, pattern string) map[string]int {
+	t.Helper()
+	nodes, err := keys.Nodes(context.Background(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, n := range nodes {
+		ks, err := n.Keys(context.Background(), pattern).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n.(*redis.Client).Options().Addr] = len(ks)
+	}
+	return out
+}
+
+// onCluster makes a consistency run's sidecars use the cluster, and its checkpoint reads go to
+// the master that holds the checkpoint.
+func onCluster(t *testing.T, s *devstack.Stack, c *consistencyRun) {
+	t.Helper()
+	c.cfg = replaceOnce(t, c.cfg, `addrs: ["`+s.RedisAddr+`"]`, "addrs: "+addrsYAML(s))
+	c.rc = masterOf(t, s.UniversalClient(t), keys.CDC(c.db+":", c.db, "checkpoint"))
+}
+
+// configFile writes the run's config for the one-shot commands (check, preload).
+func (c *consistencyRun) configFile() string {
+	doc := strings.Replace(fmt.Sprintf(c.cfg, "127.0.0.1:0"), "SERVERID", "1999", 1)
+	path := filepath.Join(c.t.TempDir(), "sc.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return path
+}
+
+var checkTotal = regexp.MustCompile(`total in [^:]*: (\d+) checked, (\d+) lasting mismatch`)
+
+// checkAll runs `sidecache check --all` on the run's config, at 50,000 ids/s rather than the
+// default 1,000, and returns the ids it checked;
+// a lasting mismatch fails the test.
+func (c *consistencyRun) checkAll() int {
+	c.t.Helper()
+	out, errOut, code := runBin(c.t, "check", "--config", c.configFile(), "--all", "--rate", "50000")
+	m := checkTotal.FindStringSubmatch(out)
+	if code != 0 || m == nil || m[2] != "0" {
+		c.t.Fatalf("check --all: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	var n int
+	fmt.Sscan(m[1], &n)
+	if n == 0 {
+		c.t.Fatalf("check --all checked nothing:\n%s", out)
+	}
+	return n
+}
+
+// TestRedisCluster runs sidecache against a real Redis Cluster of 3 masters: the binlog tail
+// under load, the lease and the Bloom filter, whose keys all land on different masters.
+func TestRedisCluster(t *testing.T) {
+	cs := devstack.StartFor(t, devstack.Options{Cluster: true, GeneralLog: true})
+	cc := cs.UniversalClient(t)
+
+	t.Run("consistency", func(t *testing.T) {
+		begin := time.Now()
+		c := newConsistencyRunOn(t, cs, "cl_cons", "")
+		onCluster(t, cs, c)
+		c.start()
+		c.start()
+		t.Logf("database and sidecars up in %v", time.Since(begin).Round(time.Millisecond))
+		writes := c.load(consistencyFor, consistencyRate, nil)
+		begin = time.Now()
+		c.report("Redis Cluster of 3 masters, 2 sidecars", writes, consistencyFor, c.settle())
+		t.Logf("settled and verified in %v", time.Since(begin).Round(time.Millisecond))
+		begin = time.Now()
+		// The rows were cached on every master, so every master's deletes were tested.
+		per := keysPerMaster(t, cc, c.db+":{items:*")
+		t.Logf("cached rows per master: %v", per)
+		for addr, n := range per {
+			if n == 0 {
+				t.Errorf("the master %s holds no cached row", addr)
+			}
+		}
+		checked := c.checkAll()
+		msg := fmt.Sprintf("check --all on the settled cluster: %d checked, 0 lasting mismatches, in %v", checked, time.Since(begin).Round(time.Millisecond))
+		t.Log(msg)
+		fmt.Println(msg)
+	})
+
+	t.Run("breakdown", func(t *testing.T) {
+		// One key on each master: every request waits inside a sidecar while the table is
+		// locked, so each key is loaded exactly once across both processes, or the lease failed.
+		const perKey, procs = 100, 2
+		c := startClusterOn(t, cs, "cl_breakdown", 30, procs, true, 3*time.Second)
+		var ids []int
+		seen := map[string]bool{}
+		for id := 1; id <= 30 && len(ids) < 3; id++ {
+			m, err := cc.(*redis.ClusterClient).MasterForKey(context.Background(), keys.Value(c.db+":", "items", fmt.Sprint(id)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if addr := m.Options().Addr; !seen[addr] {
+				seen[addr] = true
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) != 3 {
+			t.Fatalf("ids 1-30 have keys on %d masters, want 3", len(ids))
+		}
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 3 * perKey, MaxConnsPerHost: 3 * perKey}}
+		unlock := lockItems(t, c.root)
+		var replies []<-chan reply
+		for _, id := range ids {
+			replies = append(replies, c.storm(client, perKey, id))
+		}
+		devstack.EventuallyState(t, 30*time.Second, func() (bool, string) {
+			n := c.inFlight()
+			return n >= 3*perKey, fmt.Sprintf("only %d of %d requests reached the sidecars", n, 3*perKey)
+		})
+		unlock()
+		for i, id := range ids {
+			want := fmt.Sprintf(`{"id":%d,"name":"item %d"}`, id, id)
+			for range perKey {
+				if r := <-replies[i]; r.status != 200 || r.body != want {
+					t.Fatalf("a request got %d %s, want 200 %s", r.status, r.body, want)
+				}
+			}
+		}
+		var selects []int
+		for _, id := range ids {
+			selects = append(selects, c.queries(id))
+		}
+		msg := fmt.Sprintf("breakdown on Redis Cluster, %d processes, %d waiting requests for each of ids %v (one per master): SELECTs %v",
+			procs, perKey, ids, selects)
+		t.Log(msg)
+		fmt.Println(msg)
+		for i, n := range selects {
+			if n != 1 {
+				t.Errorf("id %d: %d SELECTs, want exactly 1", ids[i], n)
+			}
+		}
+	})
+
+	t.Run("bloom and preload", func(t *testing.T) {
+		c := newConsistencyRunOn(t, cs, "cl_bloom", "")
+		onCluster(t, cs, c)
+		c.cfg = replaceOnce(t, c.cfg, "    ttl: 10m\n", "    ttl: 10m\n    bloom: {enabled: true, expected_items: 40000, fp_rate: 0.01}\n")
+		// The preload warms rows only once a binlog tail covers the entity.
+		c.start()
+		c.start()
+		out, errOut, code := runBin(t, "preload", "--config", c.configFile(), "--entity", "items")
+		if code != 0 || !strings.Contains(out, fmt.Sprintf("preloaded items: %d rows", consistencyRows)) || !strings.Contains(out, "bloom filter items:") {
+			t.Fatalf("preload: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+		}
+		per := keysPerMaster(t, cc, c.db+":{items:*")
+		total := 0
+		for _, n := range per {
+			total += n
+		}
+		t.Logf("preload: %s; rows per master %v", strings.TrimSpace(out), per)
+		if total != consistencyRows || len(per) != 3 {
+			t.Errorf("preload cached %d rows on the masters %v, want %d on all 3", total, per, consistencyRows)
+		}
+
+		// Inserts and key moves add ids the filter must not call absent; verify counts a row
+		// the filter hides as wrongly missing.
+		const d = 5 * time.Second
+		writes := c.load(d, consistencyRate, nil)
+		c.report("Redis Cluster, Bloom filter built by preload, 2 sidecars", writes, d, c.settle())
+
+		// Ids that never existed are answered by the filter, not MySQL: at most its
+		// false-positive rate (1% sized for 40,000 ids, with fewer in it) reaches MySQL. 200 such
+		// ids make more than 20 queries with a probability under 1e-12 for a working filter;
+		// without one, every id does.
+		const absent = 200
+		for id := 900_001; id <= 900_000+absent; id++ {
+			res, err := http.Get(fmt.Sprintf("http://%s/v1/items/%d", c.procs[id%2].addr, id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != 404 {
+				t.Fatalf("absent id %d: %d, want 404", id, res.StatusCode)
+			}
+		}
+		var loaded int
+		if err := c.root.QueryRow("SELECT COUNT(*) FROM mysql.general_log WHERE command_type = 'Execute' AND argument LIKE ?",
+			"%FROM `"+c.db+"`.`items` WHERE `id` = 900___").Scan(&loaded); err != nil {
+			t.Fatal(err)
+		}
+		msg := fmt.Sprintf("bloom on Redis Cluster: %d absent ids read, %d reached MySQL", absent, loaded)
+		t.Log(msg)
+		fmt.Println(msg)
+		if loaded > 20 {
+			t.Errorf("%d of %d absent ids were loaded from MySQL: the filter did not guard them", loaded, absent)
+		}
+		checked := c.checkAll()
+		t.Logf("check --all: %d checked, 0 lasting mismatches", checked)
+	})
+}
