@@ -37,20 +37,14 @@ func (s *Stack) startCluster(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		name := fmt.Sprintf("redis-cluster-%d", i+1)
-		p, err := s.startRedisServer(ctx, addr, name, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(busPort),
-			"--cluster-config-file", filepath.Join(s.Dir, fmt.Sprintf("nodes-%d.conf", i+1)),
-			"--save", "", "--appendonly", "no", "--dir", s.Dir, "--daemonize", "no", "--protected-mode", "no")
-		if err != nil {
+		s.RedisAddrs = append(s.RedisAddrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		s.clusterBusPorts = append(s.clusterBusPorts, busPort)
+		s.mu.Lock()
+		s.clusterNodes = append(s.clusterNodes, nil)
+		s.mu.Unlock()
+		if err := s.startClusterNode(ctx, i); err != nil {
 			return err
 		}
-		s.mu.Lock()
-		s.clusterNodes = append(s.clusterNodes, p)
-		s.mu.Unlock()
-		s.RedisAddrs = append(s.RedisAddrs, addr)
-		s.clusterBusPorts = append(s.clusterBusPorts, busPort)
 	}
 	s.RedisAddr = s.RedisAddrs[0]
 
@@ -66,6 +60,34 @@ func (s *Stack) startCluster(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := s.waitCluster(ctx); err != nil {
+		return err
+	}
+	s.logf("redis cluster of %d masters ready on %s", len(s.RedisAddrs), strings.Join(s.RedisAddrs, ", "))
+	return nil
+}
+
+// startClusterNode starts (or restarts) the i-th node of the cluster on its ports. It never
+// saves data, but keeps its cluster config file: a node restarted after KillClusterNode comes
+// back as the same node, with its slots and no keys.
+func (s *Stack) startClusterNode(ctx context.Context, i int) error {
+	_, port, _ := net.SplitHostPort(s.RedisAddrs[i])
+	p, err := s.startRedisServer(ctx, s.RedisAddrs[i], fmt.Sprintf("redis-cluster-%d", i+1), "--port", port,
+		"--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(s.clusterBusPorts[i]),
+		"--cluster-config-file", filepath.Join(s.Dir, fmt.Sprintf("nodes-%d.conf", i+1)),
+		"--save", "", "--appendonly", "no", "--dir", s.Dir, "--daemonize", "no", "--protected-mode", "no")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.clusterNodes[i] = p
+	s.mu.Unlock()
+	return nil
+}
+
+// waitCluster waits until every node reports cluster_state:ok and the slot owners
+// startCluster set up.
+func (s *Stack) waitCluster(ctx context.Context) error {
 	want := s.slotOwners()
 	for _, addr := range s.RedisAddrs {
 		if err := waitRedis(ctx, addr, "the cluster to agree on its slots", func(ctx context.Context, c *redis.Client) (bool, error) {
@@ -79,8 +101,26 @@ func (s *Stack) startCluster(ctx context.Context) error {
 			return err
 		}
 	}
-	s.logf("redis cluster of %d masters ready on %s", len(s.RedisAddrs), strings.Join(s.RedisAddrs, ", "))
 	return nil
+}
+
+// KillClusterNode ends the i-th node of the Redis Cluster (in RedisAddrs order) with SIGKILL,
+// as a crash would, and waits for it to exit.
+func (s *Stack) KillClusterNode(i int) {
+	s.mu.Lock()
+	p := s.clusterNodes[i]
+	s.clusterNodes[i] = nil
+	s.mu.Unlock()
+	p.kill()
+}
+
+// RestartClusterNode starts the i-th node again after KillClusterNode, empty, and waits until
+// the cluster is whole again.
+func (s *Stack) RestartClusterNode(ctx context.Context, i int) error {
+	if err := s.startClusterNode(ctx, i); err != nil {
+		return err
+	}
+	return s.waitCluster(ctx)
 }
 
 // slotOwners lists the slot ranges startCluster gives out, as owners formats them.

@@ -74,6 +74,21 @@ func TestRedisCluster(t *testing.T) {
 		}
 	}
 
+	// A node killed and restarted comes back as the same master of its slots, empty.
+	before := keysOn(t, s)
+	s.KillClusterNode(1)
+	if c, err := net.DialTimeout("tcp", s.RedisAddrs[1], 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatalf("the killed node %s still accepts connections", s.RedisAddrs[1])
+	}
+	if err := s.RestartClusterNode(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	after := keysOn(t, s)
+	if after[0] != before[0] || after[2] != before[2] || before[1] == 0 || after[1] != 0 {
+		t.Errorf("keys per node before the restart of node 1 %v, after %v: want node 1 emptied, the others as they were", before, after)
+	}
+
 	s.Stop()
 	for _, addr := range s.RedisAddrs {
 		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
@@ -81,4 +96,18 @@ func TestRedisCluster(t *testing.T) {
 			t.Errorf("the node %s still accepts connections after Stop", addr)
 		}
 	}
+}
+
+// keysOn counts the keys each node of the cluster holds.
+func keysOn(t *testing.T, s *devstack.Stack) []int64 {
+	t.Helper()
+	var out []int64
+	for _, addr := range s.RedisAddrs {
+		n, err := client(t, addr).DBSize(context.Background()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, n)
+	}
+	return out
 }
