@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,20 @@ func (c *consistencyRun) configFile() string {
 	return path
 }
 
+// bloomYAML turns on the Bloom filter of a consistency run's entity.
+const bloomYAML = "    bloom: {enabled: true, expected_items: 40000, fp_rate: 0.01}\n"
+
+// preload runs `sidecache preload` of every row, with the Bloom filter, and returns its output.
+// It warms rows only once a binlog tail covers the entity: start the sidecars first.
+func (c *consistencyRun) preload() string {
+	c.t.Helper()
+	out, errOut, code := runBin(c.t, "preload", "--config", c.configFile(), "--entity", "items")
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("preloaded items: %d rows", consistencyRows)) || !strings.Contains(out, "bloom filter items:") {
+		c.t.Fatalf("preload: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	return out
+}
+
 var checkTotal = regexp.MustCompile(`total in [^:]*: (\d+) checked, (\d+) lasting mismatch`)
 
 // checkAll runs `sidecache check --all` on the run's config, at 50,000 ids/s rather than the
@@ -133,6 +148,53 @@ func TestRedisCluster(t *testing.T) {
 		t.Log(msg)
 		fmt.Println(msg)
 	})
+
+	// Midway through a load, a master is killed and comes back empty: its deletes fail
+	// meanwhile, and the leader must notice and still leave nothing stale. First the master
+	// that holds the checkpoint, which is then gone; then, with a Bloom filter, a master that
+	// holds neither it nor (where the keys allow) the filter, so that only the leader's check of
+	// each master's run id can tell that deletes of changes it already passed were lost.
+	for _, tc := range []struct {
+		name, db string
+		bloom    bool
+	}{
+		{"checkpoint's master restarted empty", "cl_restart_cp", false},
+		{"another master restarted empty, with a Bloom filter", "cl_restart_rows", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newConsistencyRunOn(t, cs, tc.db, "")
+			onCluster(t, cs, c)
+			node := slices.Index(cs.RedisAddrs, c.rc.Options().Addr)
+			if tc.bloom {
+				c.cfg = replaceOnce(t, c.cfg, "    ttl: 10m\n", "    ttl: 10m\n"+bloomYAML)
+				filter := masterOf(t, cc, keys.BloomMeta(c.db+":", "items")).Options().Addr
+				for i, addr := range cs.RedisAddrs {
+					if i != node && addr != filter {
+						node = i
+					}
+				}
+				if cs.RedisAddrs[node] == c.rc.Options().Addr {
+					node = (node + 1) % len(cs.RedisAddrs)
+				}
+			}
+			c.start()
+			c.start()
+			if tc.bloom {
+				c.preload()
+			}
+			const d = 10 * time.Second
+			var down time.Duration
+			writes := c.load(d, consistencyRate, func() {
+				begin := time.Now()
+				cs.KillClusterNode(node)
+				if err := cs.RestartClusterNode(context.Background(), node); err != nil {
+					t.Error(err)
+				}
+				down = time.Since(begin)
+			})
+			c.report(fmt.Sprintf("Redis Cluster, %s, back after %v", tc.name, down.Round(time.Millisecond)), writes, d, c.settle())
+		})
+	}
 
 	t.Run("breakdown", func(t *testing.T) {
 		// One key on each master: every request waits inside a sidecar while the table is
@@ -191,14 +253,10 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("bloom and preload", func(t *testing.T) {
 		c := newConsistencyRunOn(t, cs, "cl_bloom", "")
 		onCluster(t, cs, c)
-		c.cfg = replaceOnce(t, c.cfg, "    ttl: 10m\n", "    ttl: 10m\n    bloom: {enabled: true, expected_items: 40000, fp_rate: 0.01}\n")
-		// The preload warms rows only once a binlog tail covers the entity.
+		c.cfg = replaceOnce(t, c.cfg, "    ttl: 10m\n", "    ttl: 10m\n"+bloomYAML)
 		c.start()
 		c.start()
-		out, errOut, code := runBin(t, "preload", "--config", c.configFile(), "--entity", "items")
-		if code != 0 || !strings.Contains(out, fmt.Sprintf("preloaded items: %d rows", consistencyRows)) || !strings.Contains(out, "bloom filter items:") {
-			t.Fatalf("preload: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
-		}
+		out := c.preload()
 		per := keysPerMaster(t, cc, c.db+":{items:*")
 		total := 0
 		for _, n := range per {
