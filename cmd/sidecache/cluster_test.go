@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -194,6 +196,74 @@ func TestRedisCluster(t *testing.T) {
 			c.report(fmt.Sprintf("Redis Cluster, %s, back after %v", tc.name, down.Round(time.Millisecond)), writes, d, c.settle())
 		})
 	}
+
+	t.Run("lookup", func(t *testing.T) {
+		// A lookup's key and its row's key are in different slots: a change of the unique
+		// column must reach the old value's key, the new one's and the row's, each on its master.
+		c := newConsistencyRunOn(t, cs, "cl_lookup", "")
+		onCluster(t, cs, c)
+		if _, err := c.root.Exec(`CREATE TABLE users (id INT NOT NULL PRIMARY KEY, email VARCHAR(40) NOT NULL UNIQUE, n INT NOT NULL);
+			INSERT INTO users SELECT seq, CONCAT('u', seq, '@x'), 0 FROM seq_1_to_100`); err != nil {
+			t.Fatal(err)
+		}
+		c.cfg += "  - name: users\n    lookups: [{name: by-email, columns: [email]}]\n"
+		p := c.start()
+		get := func(email string) string {
+			t.Helper()
+			res, err := http.Get("http://" + p.addr + "/v1/users/by-email/" + email)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			b, _ := io.ReadAll(res.Body)
+			return fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+		}
+		want := func(email, row string) {
+			t.Helper()
+			if got := get(email); (row == "" && !strings.HasPrefix(got, "404 ")) || (row != "" && got != "200 "+row) {
+				t.Errorf("by-email %s: %s, want %s", email, got, cmp.Or(row, "404"))
+			}
+		}
+		// Reads fill the cache once the sidecar sees a checkpoint that covers the entities.
+		devstack.Eventually(t, 10*time.Second, "lookups still bypass the cache", func() bool {
+			res, err := http.Get("http://" + p.addr + "/v1/users/by-email/u1@x")
+			if err != nil {
+				return false
+			}
+			res.Body.Close()
+			return res.Header.Get("X-Cache") != "bypass"
+		})
+		for id := 1; id <= 100; id++ { // cached, and the keys of the new values cached as absent
+			get(fmt.Sprintf("u%d@x", id))
+			get(fmt.Sprintf("v%d@x", id))
+		}
+		per := keysPerMaster(t, cc, c.db+":{users/by-email:*")
+		t.Logf("cached lookup keys per master: %v", per)
+		total := 0
+		for addr, n := range per {
+			total += n
+			if n == 0 {
+				t.Errorf("the master %s holds no cached lookup key", addr)
+			}
+		}
+		if total != 200 {
+			t.Errorf("%d lookup keys cached, want the 200 read (100 rows, 100 absent values)", total)
+		}
+		if _, err := c.root.Exec(`UPDATE users SET email = CONCAT('v', id, '@x'), n = 1 WHERE id % 2 = 0;
+			UPDATE users SET n = 2 WHERE id % 2 = 1`); err != nil {
+			t.Fatal(err)
+		}
+		c.settle()
+		for id := 1; id <= 100; id++ {
+			if id%2 == 0 {
+				want(fmt.Sprintf("u%d@x", id), "")
+				want(fmt.Sprintf("v%d@x", id), fmt.Sprintf(`{"id":%d,"email":"v%d@x","n":1}`, id, id))
+			} else {
+				want(fmt.Sprintf("u%d@x", id), fmt.Sprintf(`{"id":%d,"email":"u%d@x","n":2}`, id, id))
+				want(fmt.Sprintf("v%d@x", id), "")
+			}
+		}
+	})
 
 	t.Run("breakdown", func(t *testing.T) {
 		// One key on each master: every request waits inside a sidecar while the table is
