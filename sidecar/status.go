@@ -10,6 +10,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/sidecache/sidecache/cdc"
+	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/internal/retry"
 )
 
@@ -86,14 +87,14 @@ func (s *Sidecar) Status(ctx context.Context) Status {
 func (s *Sidecar) checkEvictionPolicy(ctx context.Context) {
 	for ctx.Err() == nil {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		policy, err := s.redis.ConfigGet(cctx, "maxmemory-policy").Result()
+		policy, node, err := s.evictingPolicy(cctx)
 		cancel()
 		switch {
 		case err == nil:
-			if p := policy["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
+			if policy != "" {
 				s.log.Warn("Redis's maxmemory-policy evicts keys without a TTL: the binlog checkpoint and the Bloom filters "+
 					"may be evicted; sidecache detects and repairs their loss, but set a volatile-* policy "+
-					"(volatile-lru, volatile-lfu) or noeviction to avoid it", "maxmemory-policy", p)
+					"(volatile-lru, volatile-lfu) or noeviction to avoid it", "maxmemory-policy", policy, "node", node)
 			}
 			return
 		case isRedisNotAllowed(err):
@@ -102,6 +103,30 @@ func (s *Sidecar) checkEvictionPolicy(ctx context.Context) {
 		}
 		retry.Sleep(ctx, 10*time.Second)
 	}
+}
+
+// evictingPolicy returns the first allkeys-* maxmemory-policy of the Redis servers that hold
+// keys, every master of a Redis Cluster (each sets its own), and the node's address; "" when
+// none evicts keys without a TTL.
+func (s *Sidecar) evictingPolicy(ctx context.Context) (policy, node string, err error) {
+	nodes, err := keys.Nodes(ctx, s.redis)
+	if err != nil {
+		return "", "", err
+	}
+	for _, n := range nodes {
+		got, err := n.ConfigGet(ctx, "maxmemory-policy").Result()
+		if err != nil {
+			return "", "", err
+		}
+		if p := got["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
+			addr := ""
+			if c, ok := n.(*redis.Client); ok {
+				addr = c.Options().Addr
+			}
+			return p, addr, nil
+		}
+	}
+	return "", "", nil
 }
 
 // isRedisNotAllowed reports an answer from Redis (as opposed to a failure to reach it).

@@ -371,4 +371,23 @@ func TestRedisCluster(t *testing.T) {
 		checked := c.check("--all")
 		t.Logf("check --all: %d checked, 0 lasting mismatches", checked)
 	})
+
+	t.Run("eviction policy", func(t *testing.T) {
+		// Each master has its own maxmemory-policy: one that may evict the checkpoint or a
+		// filter is named, whichever master it is.
+		ctx := context.Background()
+		last := redis.NewClient(&redis.Options{Addr: cs.RedisAddrs[len(cs.RedisAddrs)-1]})
+		defer last.Close()
+		if err := last.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+			t.Fatal(err)
+		}
+		defer last.ConfigSet(ctx, "maxmemory-policy", "noeviction")
+		c := newConsistencyRunOn(t, cs, "cl_policy", "")
+		onCluster(t, cs, c)
+		p := c.start()
+		want := "maxmemory-policy=allkeys-lru node=" + last.Options().Addr
+		devstack.Eventually(t, 10*time.Second, "no warning naming "+want, func() bool {
+			return strings.Contains(strings.Join(p.log.snapshot(), "\n"), want)
+		})
+	})
 }
