@@ -1,6 +1,7 @@
-// Package devstack starts a throwaway MariaDB and Redis (standalone, a master, a replica
-// and Sentinels, or a Redis Cluster) as child processes in a temporary directory on free loopback ports. Tests, `make run`, demos and load runs use it so that
-// everything runs against real servers without touching the machine's own services.
+// Package devstack starts a throwaway MariaDB and Redis (standalone, a master, a replica and
+// Sentinels, or a Redis Cluster) as child processes in a temporary directory on free loopback
+// ports. Tests, `make run`, demos and load runs use it so that everything runs against real
+// servers without touching the machine's own services.
 package devstack
 
 import (
