@@ -155,8 +155,8 @@ func TestRedisCluster(t *testing.T) {
 	// Midway through a load, a master is killed and comes back empty: its deletes fail
 	// meanwhile, and the leader must notice and still leave nothing stale. First the master
 	// that holds the checkpoint, which is then gone; then, with a Bloom filter, a master that
-	// holds neither it nor (the filter, so that only the leader's check of
-	// each master's run id can tell that deletes of changes it already passed were lost.
+	// holds neither the checkpoint nor the filter, so that only the leader's check of each
+	// master's run id can tell that deletes of changes it already passed were lost.
 	for _, tc := range []struct {
 		name, db string
 		bloom    bool
