@@ -10,34 +10,19 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 
+	"github.com/sidecache/sidecache/internal/cli"
 	"github.com/sidecache/sidecache/internal/demo"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-var errUsage = errors.New("usage")
+var errUsage = cli.ErrUsage
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err != nil {
-		code := 1
-		if errors.Is(err, errUsage) {
-			code = 2
-		}
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "sidecache demo:", err)
-		}
-		os.Exit(code)
-	}
-}
+func main() { cli.Main("sidecache demo", run) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)

@@ -9,15 +9,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
 	"runtime"
-	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sidecache/sidecache/internal/cli"
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/sidecar"
 )
@@ -26,23 +24,9 @@ import (
 var version = "dev"
 
 // errUsage marks a command line that could not be understood; it exits 2.
-var errUsage = errors.New("usage")
+var errUsage = cli.ErrUsage
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err != nil {
-		code := 1
-		if errors.Is(err, errUsage) {
-			code = 2
-		}
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "sidecache:", err)
-		}
-		os.Exit(code)
-	}
-}
+func main() { cli.Main("sidecache", run) }
 
 const usage = `sidecache: a cache-aside sidecar for MySQL
 
