@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -117,6 +118,9 @@ type consistencyRun struct {
 	mu    sync.Mutex
 	procs []*sidecarProc
 	maxID atomic.Int64
+	reads atomic.Int64 // answered reads during load
+	// writeLatency holds the last load's statement times, sorted, for the report.
+	writeLatency []time.Duration
 	// contrast: stale rows are counted, not failures (a run of a configuration known to leave
 	// some, for comparison).
 	contrast bool
@@ -191,9 +195,10 @@ func (c *consistencyRun) load(d time.Duration, rate int, midway func()) int64 {
 	var writes atomic.Int64
 	var wg sync.WaitGroup
 	// Each writer is paced to rate/writers and waits for its statement, so the rate holds only
-	// while a statement takes under writers/rate: 29 ms with 32 writers at 1,100/s, where 8
-	// left 7 ms, less than a busy 2-core machine sometimes gives.
-	const writers = 32
+	// while a statement takes under writers/rate on average: 58 ms with 64 writers at
+	// 1,100/s. A writer that falls behind catches up.
+	const writers = 64
+	latencies := make([][]time.Duration, writers)
 	for w := range writers {
 		wg.Add(1)
 		go func() {
@@ -204,6 +209,7 @@ func (c *consistencyRun) load(d time.Duration, rate int, midway func()) int64 {
 			for ctx.Err() == nil {
 				id := 1 + rng.Int64N(c.maxID.Load())
 				var err error
+				start := time.Now()
 				switch r := rng.IntN(10); {
 				case r < 4:
 					_, err = c.root.Exec("UPDATE items SET name = ?, n = n + 1 WHERE id = ?", fmt.Sprintf("v%d", rng.Int()), id)
@@ -218,6 +224,7 @@ func (c *consistencyRun) load(d time.Duration, rate int, midway func()) int64 {
 					c.t.Errorf("write: %v", err)
 					return
 				}
+				latencies[w] = append(latencies[w], time.Since(start))
 				writes.Add(1)
 				next = next.Add(interval)
 				if wait := time.Until(next); wait > 0 {
@@ -226,21 +233,34 @@ func (c *consistencyRun) load(d time.Duration, rate int, midway func()) int64 {
 			}
 		}()
 	}
-	for r := range 4 {
+	// The readers are paced too, at up to consistencyReadRate in all: unpaced, they took
+	// whatever CPU the box had left and competed with the writers for it, so a slower machine
+	// lost writes rather than reads. A reader that falls behind does not catch up in a burst,
+	// so on a starved machine reads give way and the writers keep their rate.
+	const readers = 8
+	// http.DefaultClient keeps 2 idle connections per sidecar, so the readers would dial a
+	// new connection for most reads.
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: readers}}
+	defer client.CloseIdleConnections()
+	for r := range readers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(r), 2))
+			interval := time.Duration(readers) * time.Second / consistencyReadRate
+			next := time.Now()
 			for ctx.Err() == nil {
-				p := c.anyProc(rng)
-				if p == nil {
-					time.Sleep(10 * time.Millisecond)
-					continue
+				if p := c.anyProc(rng); p != nil {
+					if res, err := client.Get(fmt.Sprintf("http://%s/v1/items/%d", p.addr, 1+rng.Int64N(c.maxID.Load()))); err == nil {
+						io.Copy(io.Discard, res.Body)
+						res.Body.Close()
+						c.reads.Add(1)
+					}
 				}
-				if res, err := http.Get(fmt.Sprintf("http://%s/v1/items/%d", p.addr, 1+rng.Int64N(c.maxID.Load()))); err == nil {
-					io.Copy(io.Discard, res.Body)
-					res.Body.Close()
+				if next = next.Add(interval); time.Until(next) < 0 {
+					next = time.Now()
 				}
+				time.Sleep(time.Until(next))
 			}
 		}()
 	}
@@ -249,6 +269,8 @@ func (c *consistencyRun) load(d time.Duration, rate int, midway func()) int64 {
 		midway()
 	}
 	wg.Wait()
+	c.writeLatency = slices.Concat(latencies...)
+	slices.Sort(c.writeLatency)
 	return writes.Load()
 }
 
@@ -328,18 +350,32 @@ func (c *consistencyRun) verify() (checked, stale int) {
 
 func (c *consistencyRun) report(mode string, writes int64, d, settle time.Duration) {
 	checked, stale := c.verify()
-	msg := fmt.Sprintf("consistency (%s): %d writes in %v (%.0f/s) on %d rows; settled %v after the writes; %d ids checked, %d stale or wrongly missing",
-		mode, writes, d, float64(writes)/d.Seconds(), consistencyRows, settle.Round(time.Millisecond), checked, stale)
+	msg := fmt.Sprintf("consistency (%s): %d writes in %v (%.0f/s) and %d reads on %d rows; settled %v after the writes; %d ids checked, %d stale or wrongly missing",
+		mode, writes, d, float64(writes)/d.Seconds(), c.reads.Load(), consistencyRows, settle.Round(time.Millisecond), checked, stale)
 	c.t.Log(msg)
 	fmt.Println(msg)
 	if rate := float64(writes) / d.Seconds(); rate < 1000 {
-		c.t.Errorf("the writers managed %.0f writes/s, below the 1000/s this test is about", rate)
+		c.t.Errorf("the writers managed %.0f writes/s, below the 1000/s this test is about; statement times: %s",
+			rate, c.latencySummary())
+	} else {
+		c.t.Logf("statement times: %s", c.latencySummary())
 	}
 }
 
+// latencySummary tells how long the last load's write statements took.
+func (c *consistencyRun) latencySummary() string {
+	l := c.writeLatency
+	if len(l) == 0 {
+		return "none"
+	}
+	at := func(q float64) time.Duration { return l[int(q*float64(len(l)-1))].Round(10 * time.Microsecond) }
+	return fmt.Sprintf("p50 %v, p99 %v, max %v", at(0.5), at(0.99), at(1))
+}
+
 const (
-	consistencyFor  = 20 * time.Second
-	consistencyRate = 1100
+	consistencyFor      = 20 * time.Second
+	consistencyRate     = 1100 // writes/s
+	consistencyReadRate = 1500 // reads/s through the sidecars
 )
 
 func TestConsistencyUndisturbed(t *testing.T) {
