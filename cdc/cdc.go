@@ -232,6 +232,11 @@ type Checkpoint struct {
 	// XAComplete says Prepared lists every XA transaction prepared before the position. When it
 	// is false, an XA COMMIT of an unknown xid drops every entity.
 	XAComplete bool `json:"xa_complete,omitempty"`
+	// Redis names the Redis Cluster's data set when the leader that wrote it started (each
+	// master's run and replication ids; empty on a single server, whose checkpoint lives in the
+	// data set it describes). A master restarted or failed over while no leader watched has
+	// another: what it lost cannot be told, so the next leader starts over.
+	Redis string `json:"redis,omitempty"`
 }
 
 // String names the position, for retry messages and logs.
@@ -469,6 +474,21 @@ func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*re
 		t.log.Warn("no checkpoint: starting at the server's current position; every configured entity's cache is dropped first, " +
 			"since rows cached before may have changed unseen")
 	}
+	// On a Redis Cluster the checkpoint lives on one master and the rows on all. A master that
+	// restarted from a snapshot, or failed over, while no leader watched may hold rows whose
+	// deletes it lost, and the checkpoint on another master cannot tell which.
+	var identity string
+	if _, cluster := t.o.Redis.(*redis.ClusterClient); cluster {
+		if identity, err = t.redisIdentity(ctx); err != nil {
+			return nil, nil, fmt.Errorf("reading the Redis Cluster masters' ids: %w", err)
+		}
+		if !reset && cp.Redis != identity {
+			reset = true
+			t.log.Warn("a Redis Cluster master restarted or failed over since the checkpoint was written (or the checkpoint "+
+				"predates this check): what it lost cannot be told, so every entity's cache is dropped and the tail starts "+
+				"at the current position", "checkpoint", cp.String())
+		}
+	}
 	if reset {
 		if cp, err = t.currentPosition(ctx); err != nil {
 			return nil, nil, err
@@ -476,6 +496,7 @@ func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*re
 		cp.Entities = map[string]string{}
 		cp.XAComplete = t.recoverPrepared(ctx, &cp)
 	}
+	cp.Redis = identity
 	set, pos, err := resumePoint(t.o.Flavor, cp)
 	if err != nil {
 		return nil, nil, err
