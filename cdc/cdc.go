@@ -140,6 +140,7 @@ type Tail struct {
 	history    []saved      // checkpoints this process saved, oldest first
 	lostAt     time.Time    // when this process last stopped leading
 	forceReset bool         // the binlog needed is gone: start over from the current position
+	identity   string       // the Redis Cluster ids this leadership's checkpoint records, once known
 	status     Status       // this process's own view
 	seen       Status       // the leader's status as last read from Redis
 	heads      []headSample // the server's binlog head, sampled every second, not yet reached
@@ -388,6 +389,7 @@ func (t *Tail) lead(ctx context.Context, leases *lease.Leases, held *lease.Lease
 	t.processed.Store(nil)
 	t.mu.Lock()
 	t.heads, t.status.CaughtUpAt = nil, time.Time{}
+	t.identity = ""
 	t.mu.Unlock()
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -512,6 +514,7 @@ func (t *Tail) start(ctx context.Context, syncer *replication.BinlogSyncer) (*re
 	}
 	t.mu.Lock()
 	t.forceReset = false
+	t.identity = identity
 	t.mu.Unlock()
 
 	s := newSession(t, cp)

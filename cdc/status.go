@@ -160,6 +160,13 @@ func (t *Tail) monitor(ctx context.Context, stop context.CancelCauseFunc) {
 			t.observeHead(now, head)
 		}
 		if id, err := t.redisIdentity(ctx); err == nil {
+			t.mu.Lock()
+			if t.identity != "" {
+				// What the checkpoint records: a master that restarted between the tail's
+				// start and this monitor's first look counts too.
+				identity = t.identity
+			}
+			t.mu.Unlock()
 			switch {
 			case identity == "":
 				identity = id
