@@ -20,8 +20,6 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-var errUsage = cli.ErrUsage
-
 func main() { cli.Main("sidecache demo", run) }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -39,7 +37,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if errors.Is(err, flag.ErrHelp) {
 				return err
 			}
-			return fmt.Errorf("%w: %v", errUsage, err)
+			return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 		}
 		return nil
 	}
@@ -55,13 +53,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if len(names) != 1 {
 		fs.Usage()
-		return fmt.Errorf("%w: demo takes one NAME: all, %s", errUsage, strings.Join(demo.Names(), ", "))
+		return fmt.Errorf("%w: demo takes one NAME: all, %s", cli.ErrUsage, strings.Join(demo.Names(), ", "))
 	}
 	demos := demo.All
 	if names[0] != "all" {
 		d := demo.Find(names[0])
 		if d == nil {
-			return fmt.Errorf("%w: no demo %q; there are: all, %s", errUsage, names[0], strings.Join(demo.Names(), ", "))
+			return fmt.Errorf("%w: no demo %q; there are: all, %s", cli.ErrUsage, names[0], strings.Join(demo.Names(), ", "))
 		}
 		demos = []*demo.Demo{d}
 	}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/sidecache/sidecache/internal/cli"
 )
 
 func TestCommandLine(t *testing.T) {
@@ -23,7 +25,7 @@ func TestCommandLine(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: %v, want an error saying %q", c.args, err, c.want)
 		}
-		if c.want != "--sidecache names it" && !errors.Is(err, errUsage) {
+		if c.want != "--sidecache names it" && !errors.Is(err, cli.ErrUsage) {
 			t.Errorf("%q: %v is not a usage error (exit 2)", c.args, err)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sidecache/sidecache/check"
+	"github.com/sidecache/sidecache/internal/cli"
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/internal/keys"
 	"github.com/sidecache/sidecache/sidecar"
@@ -59,7 +60,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
 	set := make(map[string]bool)
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -78,7 +79,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if bad != "" {
 		fs.Usage()
-		return fmt.Errorf("%w: %s", errUsage, bad)
+		return fmt.Errorf("%w: %s", cli.ErrUsage, bad)
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {

@@ -23,9 +23,6 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// errUsage marks a command line that could not be understood; it exits 2.
-var errUsage = cli.ErrUsage
-
 func main() { cli.Main("sidecache", run) }
 
 const usage = `sidecache: a cache-aside sidecar for MySQL
@@ -44,7 +41,7 @@ Usage:
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("%w: no command given", errUsage)
+		return fmt.Errorf("%w: no command given", cli.ErrUsage)
 	}
 	switch args[0] {
 	case "serve":
@@ -63,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+	return fmt.Errorf("%w: unknown command %q", cli.ErrUsage, args[0])
 }
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
@@ -74,11 +71,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
 	if *path == "" || fs.NArg() > 0 {
 		fs.Usage()
-		return fmt.Errorf("%w: serve takes --config FILE and nothing else", errUsage)
+		return fmt.Errorf("%w: serve takes --config FILE and nothing else", cli.ErrUsage)
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sidecache/sidecache/internal/cli"
 	"github.com/sidecache/sidecache/internal/config"
 	"github.com/sidecache/sidecache/readthrough"
 	"github.com/sidecache/sidecache/sidecar"
@@ -30,14 +31,14 @@ func preload(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
 	if *path == "" || *entity == "" || fs.NArg() > 0 {
 		fs.Usage()
-		return fmt.Errorf("%w: preload takes --config FILE --entity NAME [--ids FILE] [--rate N] [--batch N]", errUsage)
+		return fmt.Errorf("%w: preload takes --config FILE --entity NAME [--ids FILE] [--rate N] [--batch N]", cli.ErrUsage)
 	}
 	if *batch < 1 || *batch > 10000 || *rate < 0 {
-		return fmt.Errorf("%w: --batch must be in [1, 10000] and --rate at least 0", errUsage)
+		return fmt.Errorf("%w: --batch must be in [1, 10000] and --rate at least 0", cli.ErrUsage)
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
