@@ -240,9 +240,7 @@ func TestRedisCluster(t *testing.T) {
 		if n, _ := cc.Exists(context.Background(), key).Result(); n != 0 {
 			t.Fatalf("the leader did not delete %s", key)
 		}
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-		c.remove(p)
+		c.kill(p)
 		cs.KillClusterNode(node)
 		if err := cs.RestartClusterNode(context.Background(), node); err != nil {
 			t.Fatal(err)

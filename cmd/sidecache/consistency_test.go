@@ -178,6 +178,14 @@ func (c *consistencyRun) remove(p *sidecarProc) {
 	}
 }
 
+// kill ends p with SIGKILL, as a crash would, takes it out of the readers' choice and waits
+// until it has exited.
+func (c *consistencyRun) kill(p *sidecarProc) {
+	c.remove(p)
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+}
+
 func (c *consistencyRun) anyProc(rng *rand.Rand) *sidecarProc {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -409,8 +417,7 @@ func TestConsistencyLeaderKilled(t *testing.T) {
 		if b.isLeader() {
 			leader = b
 		}
-		c.remove(leader)
-		leader.cmd.Process.Signal(syscall.SIGKILL)
+		c.kill(leader)
 	})
 	c.report("CDC leader killed with SIGKILL midway, the other took over", writes, consistencyFor, c.settle())
 }
@@ -419,9 +426,7 @@ func TestConsistencyRestartFromCheckpoint(t *testing.T) {
 	c := newConsistencyRun(t, "cons_restart")
 	p := c.start()
 	writes := c.load(consistencyFor, consistencyRate, func() {
-		c.remove(p)
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		p.cmd.Wait()
+		c.kill(p)
 		time.Sleep(time.Second) // writes go on while no sidecar runs
 		c.start()
 	})
